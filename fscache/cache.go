@@ -1,0 +1,459 @@
+package fscache
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
+
+// Errors returned by the cache. Callers test them with errors.Is.
+var (
+	// ErrCacheUnavailable means the cache stepped aside for this I/O (no
+	// space, bstop reached, backing file error): go to the server instead.
+	// Nothing the caller holds is lost.
+	ErrCacheUnavailable = errors.New("fscache: cache unavailable for this I/O")
+	// ErrNotCached is returned by ReadAt for a range that is not present.
+	ErrNotCached = errors.New("fscache: range not cached")
+	// ErrNotInUse means data I/O was attempted on a cookie without a use.
+	ErrNotInUse = errors.New("fscache: cookie not in use")
+	// ErrInUse means Relinquish was called while the cookie still had users.
+	ErrInUse = errors.New("fscache: cookie still in use")
+	// ErrStale means a generation-checked write lost a race with Invalidate.
+	ErrStale = errors.New("fscache: cookie invalidated since generation was sampled")
+	// ErrRelinquished means the cookie was relinquished.
+	ErrRelinquished = errors.New("fscache: cookie relinquished")
+	// ErrAlreadyAcquired means a live cookie with the same key exists.
+	ErrAlreadyAcquired = errors.New("fscache: cookie already acquired")
+	// ErrClosed means the cache was closed.
+	ErrClosed = errors.New("fscache: cache closed")
+)
+
+// Options configure a Cache. The zero value gives the defaults.
+type Options struct {
+	// MaxOpenFiles bounds the backing-file descriptors open at once, in-use
+	// and pinned ones included. Default 64.
+	MaxOpenFiles int
+	// MaxPinned bounds the cookies pinned for writeback (each holds its
+	// fd). It must be below MaxOpenFiles so unpinned I/O always finds a
+	// slot. Default MaxOpenFiles*3/4 (at least 1).
+	MaxPinned int
+	// PinPressure is called (with no cache lock held) when SetPageDirty must
+	// wait because MaxPinned cookies are pinned: the filesystem should start
+	// writeback of pinned inodes, like balance_dirty_pages kicking the
+	// flusher. It may be called repeatedly while the dirtier waits.
+	PinPressure func()
+	// MaxBytes limits the bytes of present data in the cache; 0 = no limit.
+	MaxBytes int64
+	// Culling thresholds in percent, as cachefilesd's brun/bcull/bstop and
+	// frun/fcull/fstop: culling starts when free space (or free files) of
+	// the cache filesystem, or the unused share of MaxBytes, falls below
+	// Cull; it runs until all are above Run; below Stop no new data is
+	// written. Defaults 7/5/1.
+	BRun, BCull, BStop float64
+	FRun, FCull, FStop float64
+	// CullInterval is how often the background culler checks the
+	// thresholds. Default 5s; negative disables the background culler
+	// (Cull can still be called).
+	CullInterval time.Duration
+	// Durable makes every present-range record survive power loss, not
+	// only process death: the backing file is fdatasync'd before the record
+	// is appended, and the index is fsync'd after.
+	Durable bool
+	// Logger receives culling and error reports. nil discards.
+	Logger *slog.Logger
+
+	// statfs is a fault-injection hook for tests: free block and file
+	// fractions of the cache filesystem.
+	statfs func(dir string) (freeBlocks, freeFiles float64, err error)
+	// pwrite is a fault-injection hook for tests.
+	pwrite func(f *os.File, p []byte, off int64) (int, error)
+}
+
+// Cache is an open cache directory: the counterpart of a cachefiles cache
+// bound by cachefilesd. All methods are safe for concurrent use.
+//
+// Lock order (outermost first): Cookie.io → Cache.mu → Cookie.mu →
+// journal.mu. Cache.mu guards the cookie map, the fd LRU, the open-file and
+// pinned counts; Cookie.mu a cookie's users, pins, file, extents; journal.mu
+// the persistent index. No lock is held while calling Options.PinPressure.
+type Cache struct {
+	dir      string
+	objDir   string
+	opts     Options
+	log      *slog.Logger
+	journal  *journal
+	lockFile *os.File
+
+	mu          sync.Mutex
+	slotFree    *sync.Cond // an fd slot may have become free
+	pinFree     *sync.Cond // a pinned cookie was unpinned
+	slotWaiters atomic.Int32
+	closed      bool
+	volumes     map[string]*Volume
+	cookies     map[objKey]*Cookie
+	lru         *simplelru.LRU[objKey, *Cookie] // unpinned cookies holding an open fd
+	openFiles   int
+	pinned      int // cookies with pins > 0
+
+	stopped  atomic.Bool // below a Stop threshold: no new data written
+	cullKick chan struct{}
+	done     chan struct{}
+	wg       sync.WaitGroup
+	cullMu   sync.Mutex // one cull pass at a time
+
+	st counters
+}
+
+// Open opens (creating if needed) the cache in dir and replays its index:
+// a reopened cache serves what it held. Only one Cache may have dir open.
+func Open(dir string, opts Options) (*Cache, error) {
+	if opts.MaxOpenFiles <= 0 {
+		opts.MaxOpenFiles = 64
+	}
+	if opts.MaxOpenFiles < 2 {
+		opts.MaxOpenFiles = 2
+	}
+	if opts.MaxPinned <= 0 {
+		opts.MaxPinned = max(1, opts.MaxOpenFiles*3/4)
+	}
+	if opts.MaxPinned >= opts.MaxOpenFiles {
+		return nil, fmt.Errorf("fscache: MaxPinned %d must be below MaxOpenFiles %d", opts.MaxPinned, opts.MaxOpenFiles)
+	}
+	def := func(v *float64, d float64) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&opts.BRun, 7)
+	def(&opts.BCull, 5)
+	def(&opts.BStop, 1)
+	def(&opts.FRun, 7)
+	def(&opts.FCull, 5)
+	def(&opts.FStop, 1)
+	if !(opts.BRun > opts.BCull && opts.BCull > opts.BStop && opts.FRun > opts.FCull && opts.FCull > opts.FStop && opts.BRun < 100 && opts.FRun < 100) {
+		return nil, fmt.Errorf("fscache: thresholds must satisfy 100 > run > cull > stop > 0")
+	}
+	if opts.CullInterval == 0 {
+		opts.CullInterval = 5 * time.Second
+	}
+	if opts.statfs == nil {
+		opts.statfs = statfsFree
+	}
+	if opts.pwrite == nil {
+		opts.pwrite = func(f *os.File, p []byte, off int64) (int, error) { return f.WriteAt(p, off) }
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	objDir := filepath.Join(dir, "objects")
+	if err := os.MkdirAll(objDir, 0o700); err != nil {
+		return nil, fmt.Errorf("fscache: create cache dir: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("fscache: lock file: %w", err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("fscache: cache %s is in use by another process: %w", dir, err)
+	}
+	j, err := openJournal(dir, opts.Durable)
+	if err != nil {
+		lf.Close()
+		return nil, err
+	}
+	// The LRU never evicts by itself: the bound is enforced by openFiles,
+	// which also counts in-use and pinned fds.
+	lru, _ := simplelru.NewLRU[objKey, *Cookie](opts.MaxOpenFiles+1, nil)
+	c := &Cache{
+		dir: dir, objDir: objDir, opts: opts, log: log, journal: j, lockFile: lf,
+		volumes: make(map[string]*Volume), cookies: make(map[objKey]*Cookie), lru: lru,
+		cullKick: make(chan struct{}, 1), done: make(chan struct{}),
+	}
+	c.slotFree = sync.NewCond(&c.mu)
+	c.pinFree = sync.NewCond(&c.mu)
+	if opts.CullInterval > 0 {
+		c.wg.Add(1)
+		go c.culler()
+	}
+	return c, nil
+}
+
+// Close closes every backing file and writes the index compactly. Cookies
+// become unusable; pins still held are dropped (their dirty data is the
+// filesystem's, not the cache's).
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	close(c.done)
+	var files []*os.File
+	for _, ck := range c.cookies {
+		ck.mu.Lock()
+		if ck.file != nil {
+			files = append(files, ck.file)
+			ck.file = nil
+			c.openFiles--
+		}
+		ck.dead = true
+		ck.mu.Unlock()
+	}
+	c.lru.Purge()
+	c.slotFree.Broadcast()
+	c.pinFree.Broadcast()
+	c.mu.Unlock()
+	c.wg.Wait()
+	var err error
+	for _, f := range files {
+		err = errors.Join(err, f.Close())
+	}
+	err = errors.Join(err, c.journal.close(), c.lockFile.Close())
+	return err
+}
+
+// Dir is the cache directory.
+func (c *Cache) Dir() string { return c.dir }
+
+// BackingDir is the directory holding the backing files (for tests and
+// operators counting open descriptors).
+func (c *Cache) BackingDir() string { return c.objDir }
+
+// Volume is a cache volume: a namespace of cookies (server + export), as
+// fscache_acquire_volume. Safe for concurrent use.
+type Volume struct {
+	cache *Cache
+	key   []byte
+}
+
+// AcquireVolume returns the volume for key (e.g. server address + export
+// path). Acquiring the same key again returns the same volume.
+func (c *Cache) AcquireVolume(key []byte) (*Volume, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if v := c.volumes[string(key)]; v != nil {
+		return v, nil
+	}
+	v := &Volume{cache: c, key: bytes.Clone(key)}
+	c.volumes[string(key)] = v
+	c.st.volumes.Add(1)
+	return v, nil
+}
+
+// Key is the volume key.
+func (v *Volume) Key() []byte { return bytes.Clone(v.key) }
+
+// objectKey names a backing object: a hash of volume key and cookie key,
+// length-prefixed so that (a,bc) and (ab,c) differ.
+func objectKey(vol, key []byte) objKey {
+	h := sha256.New()
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(vol)))
+	h.Write(n[:])
+	h.Write(vol)
+	h.Write(key)
+	var k objKey
+	copy(k[:], h.Sum(nil))
+	return k
+}
+
+func (c *Cache) backingPath(k objKey) string {
+	s := hex.EncodeToString(k[:])
+	return filepath.Join(c.objDir, s[:2], s)
+}
+
+// AcquireCookie returns the cookie for the remote file key (e.g. an NFS
+// file handle) with coherency data aux and object size, like
+// fscache_acquire_cookie. If the cache holds data for key under different
+// aux, that data is discarded. A key may have one live cookie at a time.
+func (v *Volume) AcquireCookie(key, aux []byte, size int64) (*Cookie, error) {
+	c := v.cache
+	k := objectKey(v.key, key)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.st.acquires.Add(1)
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if c.cookies[k] != nil {
+		return nil, fmt.Errorf("%w: %x", ErrAlreadyAcquired, key)
+	}
+	ck := &Cookie{cache: c, vol: v, k: k, key: bytes.Clone(key), path: c.backingPath(k)}
+	rec, ok := c.journal.lookup(k)
+	switch {
+	case ok && bytes.Equal(rec.volKey, v.key) && bytes.Equal(rec.key, key) && bytes.Equal(rec.aux, aux):
+		ck.aux, ck.size, ck.extents = rec.aux, rec.size, rec.extents
+		if size != rec.size {
+			// The remote size is authoritative; data past it is gone.
+			ck.size = size
+			ck.extents = ck.extents.truncate(size)
+			if err := c.journal.commit(encResize(k, size)); err != nil {
+				return nil, err
+			}
+			if err := truncatePath(ck.path, size); err != nil {
+				return nil, err
+			}
+		}
+		c.journal.touch(k)
+	default:
+		if ok {
+			// Coherency mismatch (or a hash collision): the cached data is
+			// of another version of the file.
+			c.st.acquireDiscards.Add(1)
+			if err := truncatePath(ck.path, 0); err != nil {
+				return nil, err
+			}
+		}
+		ck.aux, ck.size = bytes.Clone(aux), size
+		if err := c.journal.commit(encObject(k, &objRecord{volKey: v.key, key: ck.key, aux: ck.aux, size: size})); err != nil {
+			return nil, err
+		}
+	}
+	c.cookies[k] = ck
+	c.st.cookies.Add(1)
+	return ck, nil
+}
+
+// truncatePath truncates a backing file that may not exist, without
+// keeping an fd.
+func truncatePath(path string, size int64) error {
+	if err := os.Truncate(path, size); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("fscache: truncate backing file: %w", err)
+	}
+	return nil
+}
+
+// ensureOpen opens ck's backing file, taking an fd slot. When all
+// MaxOpenFiles slots are taken it closes the least recently used evictable
+// fd (an unpinned cookie with no I/O in flight, unused ones first), or waits
+// for one. forPin marks the open done by pinning; any other open of a
+// pinned cookie's file is a writeback reopen, which must never happen.
+func (c *Cache) ensureOpen(ck *Cookie, forPin bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.slotWaiters.Add(1)
+	defer c.slotWaiters.Add(-1)
+	for {
+		if c.closed {
+			return ErrClosed
+		}
+		ck.mu.Lock()
+		open, dead := ck.file != nil, ck.dead
+		ck.mu.Unlock()
+		if dead {
+			return ErrRelinquished
+		}
+		if open {
+			return nil
+		}
+		if c.openFiles < c.opts.MaxOpenFiles {
+			break
+		}
+		if c.evictOneLocked() {
+			continue
+		}
+		c.st.slotWaits.Add(1)
+		c.slotFree.Wait()
+	}
+	ck.mu.Lock()
+	f, err := os.OpenFile(ck.path, os.O_RDWR|os.O_CREATE, 0o600)
+	if errors.Is(err, os.ErrNotExist) {
+		if err = os.MkdirAll(filepath.Dir(ck.path), 0o700); err == nil {
+			f, err = os.OpenFile(ck.path, os.O_RDWR|os.O_CREATE, 0o600)
+		}
+	}
+	if err != nil {
+		ck.mu.Unlock()
+		return fmt.Errorf("%w: open backing file: %w", ErrCacheUnavailable, err)
+	}
+	ck.file = f
+	c.openFiles++
+	c.st.opens.Add(1)
+	if ck.everOpened {
+		c.st.reopens.Add(1)
+	}
+	if ck.pins > 0 && !forPin {
+		c.st.writebackReopens.Add(1)
+	}
+	ck.everOpened = true
+	pinned := ck.pins > 0
+	ck.mu.Unlock()
+	if !pinned {
+		c.lru.Add(ck.k, ck)
+	}
+	if c.openFiles > int(c.st.peakOpenFiles.Load()) {
+		c.st.peakOpenFiles.Store(int64(c.openFiles))
+	}
+	return nil
+}
+
+// evictOneLocked closes one evictable fd; c.mu is held. Unused cookies go
+// first (the kernel's LRU of unused cookies), then in-use unpinned ones.
+func (c *Cache) evictOneLocked() bool {
+	keys := c.lru.Keys() // oldest first
+	for pass := 0; pass < 2; pass++ {
+		for _, k := range keys {
+			ck, ok := c.lru.Peek(k)
+			if !ok {
+				continue
+			}
+			ck.mu.Lock()
+			if ck.file == nil || ck.pins > 0 || ck.dead {
+				// Stale entry: not holding an evictable fd.
+				ck.mu.Unlock()
+				c.lru.Remove(k)
+				continue
+			}
+			if ck.fileRefs > 0 || (pass == 0 && ck.users > 0) {
+				ck.mu.Unlock()
+				continue
+			}
+			f := ck.file
+			ck.file = nil
+			inUse := ck.users > 0
+			ck.mu.Unlock()
+			c.lru.Remove(k)
+			f.Close()
+			c.openFiles--
+			if inUse {
+				c.st.inUseEvictions.Add(1)
+			} else {
+				c.st.lruEvictions.Add(1)
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// closeFileLocked closes ck's fd if open; c.mu is held, ck.mu is not.
+func (c *Cache) closeFileLocked(ck *Cookie) {
+	ck.mu.Lock()
+	f := ck.file
+	ck.file = nil
+	ck.mu.Unlock()
+	c.lru.Remove(ck.k)
+	if f != nil {
+		f.Close()
+		c.openFiles--
+		c.slotFree.Broadcast()
+	}
+}

@@ -1,0 +1,103 @@
+// Package fscache is a local on-disk cache of remote file data, modelled on
+// Linux FS-Cache (fs/fscache), its cachefiles backend (fs/cachefiles) and
+// the cachefilesd culling daemon. It knows nothing of NFS: volume keys,
+// cookie keys and coherency ("aux") data are opaque bytes.
+//
+// # Concepts and their kernel counterparts
+//
+//	kernel                               here
+//	fscache_cache (cachefiles "bind")    Cache, Open(dir, Options)
+//	fscache_acquire_volume               Cache.AcquireVolume(key)   key = server + export
+//	fscache_acquire_cookie               Volume.AcquireCookie(key, aux, size)
+//	fscache_relinquish_cookie            Cookie.Relinquish(retire)
+//	fscache_use_cookie / unuse           Cookie.Use(willModify) / Cookie.Unuse(aux, size)
+//	fscache_read / fscache_write         Cookie.ReadAt / WriteAt / WriteAtGeneration
+//	fscache_resize_cookie                Cookie.Resize
+//	fscache_invalidate                   Cookie.Invalidate(aux, size)
+//	cookie->inval_counter                Cookie.Generation
+//	fscache_cookie_lru (unused cookies)  the fd LRU (golang-lru simplelru)
+//	cachefiles xattr (aux, size)         the index journal (journal.go)
+//	SEEK_DATA/SEEK_HOLE of backing file  present ranges in the index
+//	fscache_dirty_folio                  SetPageDirty(ino, cookie)
+//	fscache_unpin_writeback              UnpinWriteback(wbc, cookie)
+//	fscache_clear_inode_writeback        ClearInodeWriteback(ino, cookie, aux)
+//	cachefilesd brun/bcull/bstop         Options.BRun/BCull/BStop (+ F* for files), Cache.Cull
+//	/proc/fs/fscache/stats               Cache.Stats, Stats.String
+//
+// # Backing files and the index
+//
+// Each cookie's data lives in one sparse file, objects/xx/<hash>, where the
+// hash is SHA-256 of the volume key and cookie key. Which byte ranges of it
+// hold data, the aux data and the object size are kept in one append-only,
+// CRC-checked journal ("index") that is replayed at Open: a cache reopened
+// after a restart or crash serves what it held. A range is recorded present
+// only after its write to the backing file returned, so a process killed
+// mid-write never serves a half-written range; a torn journal record is
+// ignored. With Options.Durable the same holds across power loss (data is
+// fdatasync'd before the record, the record fsync'd after). Acquiring a
+// cookie whose recorded aux differs discards its data: it belongs to
+// another version of the remote file.
+//
+// # Uses, pins and file descriptors
+//
+// A cookie's use count is its open users plus one per writeback pin. Data
+// I/O needs a use. Backing fds are opened lazily at the first I/O and
+// counted against Options.MaxOpenFiles — all of them, in-use and pinned
+// included. When a new fd is needed at the bound, the least recently used
+// evictable fd is closed: first those of unused cookies (the kernel's LRU
+// of unused cookies), then those of in-use cookies that are not pinned and
+// have no I/O in flight; those reopen at their next I/O, an ordinary
+// context. A cookie with no users keeps its fd only while it is in the LRU.
+//
+// The writeback pin is the mechanism of kernel commit 08276bda. Reopening a
+// backing file from writeback is what fails (at exit, under EMFILE), so the
+// first SetPageDirty of an inode sets writeback.PinningCacheWB and takes a
+// use that opens the backing file right then; a pinned fd is never evicted.
+// writeback.WriteSingleInode clears the bit atomically with cleaning the
+// last dirty page and sets Control.UnpinnedCacheWB, and the filesystem's
+// WriteInode calls UnpinWriteback to drop the use. ClearInodeWriteback
+// drops a pin still held at inode eviction. Stats.WritebackReopens counts
+// opens of a pinned cookie's file after it was pinned: it stays zero.
+//
+// Pins are bounded by Options.MaxPinned < MaxOpenFiles, so unpinned I/O
+// always finds a slot. At the bound, SetPageDirty calls Options.PinPressure
+// (the filesystem kicks writeback of pinned inodes, like
+// balance_dirty_pages) and the dirtier waits for an unpin instead of
+// opening more files.
+//
+// # Coherency and invalidation
+//
+// Invalidate discards data and records new aux and size; it takes the
+// cookie's I/O lock exclusively, so reads in flight finish first and reads
+// after it miss. Data fetched from the server before an invalidation is
+// refused by WriteAtGeneration (ErrStale) using the generation sampled
+// before the fetch.
+//
+// # Culling and running out of space
+//
+// Culling deletes the data of objects no cookie is using, least recently
+// used first (never an in-use, pinned or dirty object), when free space or
+// free files of the cache filesystem, or the unused share of MaxBytes,
+// fall below the Cull percentage, until all are above Run. Below Stop, and
+// whenever a backing write fails (ENOSPC), the cache steps aside: WriteAt
+// returns ErrCacheUnavailable, records nothing, and the caller goes to the
+// server. The cache is never the only copy of data: dirty data lives in the
+// filesystem's writeback state until written to the server.
+//
+// # Concurrency
+//
+// Cache, Volume and Cookie are safe for concurrent use. Lock order,
+// outermost first:
+//
+//	Cookie.io (RW: shared by data I/O, exclusive by Invalidate, Resize,
+//	           Relinquish and culling)
+//	→ Cache.mu (cookie map, fd LRU, open-file and pinned counts)
+//	→ Cookie.mu (users, pins, fd, extents, aux, size)
+//	→ journal.mu (persistent index; a leaf)
+//
+// Cache.cullMu serializes cull passes and is taken before all of them.
+// File reads and writes run with only Cookie.io held shared, plus a
+// reference on the fd that keeps eviction away. No lock is held while
+// calling Options.PinPressure, and no other package is called with a lock
+// held.
+package fscache

@@ -1,0 +1,428 @@
+package fscache
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+)
+
+// The journal is the cache's persistent index, the counterpart of
+// cachefiles' per-file xattrs (CACHEFILES_XATTR: the coherency aux data and
+// object size) plus the "which ranges hold data" knowledge that cachefiles
+// gets from SEEK_DATA/SEEK_HOLE. It is one append-only file of records:
+//
+//	[u32 payload length][u32 CRC-32C of payload][payload: type byte, fields]
+//
+// Replay stops at the first torn or corrupt record and truncates the file
+// there, so a process killed in the middle of an append loses only that
+// record. A present-range record is appended only after the data write to
+// the backing file has returned (and, with Options.Durable, after the backing
+// file was fdatasync'd), so a range is never recorded as present before its
+// bytes are in the backing file. The journal is rewritten compactly (temp
+// file, fsync, rename) at Open, at Close, and when it grows far beyond its
+// live contents.
+
+type objKey [16]byte
+
+func (k objKey) String() string { return fmt.Sprintf("%x", k[:]) }
+
+const (
+	recObject  = 1 // (re)create an object: keys, aux, size; extents reset
+	recPresent = 2 // a range became present
+	recResize  = 3 // object size changed; extents beyond it dropped
+	recAux     = 4 // coherency data and size updated
+	recDelete  = 5 // object removed (retired or culled)
+)
+
+// objRecord is the journal's view of one backing object.
+type objRecord struct {
+	volKey, key, aux []byte
+	size             int64
+	extents          extentSet
+	lastUsed         uint64 // logical clock; smaller = less recently used
+}
+
+// journal is guarded by mu, which is a leaf lock (see doc.go).
+type journal struct {
+	mu      sync.Mutex
+	path    string
+	f       *os.File
+	size    int64 // bytes in the journal file
+	live    int64 // size of the journal right after the last compaction
+	objects map[objKey]*objRecord
+	used    int64 // sum of present bytes over all objects
+	clock   uint64
+	durable bool
+	broken  error // sticky: the file could not be restored after a failed append
+	buf     []byte
+}
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+func openJournal(dir string, durable bool) (*journal, error) {
+	j := &journal{path: filepath.Join(dir, "index"), objects: make(map[objKey]*objRecord), durable: durable}
+	data, err := os.ReadFile(j.path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("fscache: read index: %w", err)
+	}
+	j.replay(data)
+	if err := j.compactLocked(); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// replay applies every intact record of data; it stops at the first torn one.
+func (j *journal) replay(data []byte) {
+	for len(data) >= 8 {
+		n := binary.LittleEndian.Uint32(data)
+		sum := binary.LittleEndian.Uint32(data[4:])
+		if n == 0 || uint64(n) > uint64(len(data)-8) {
+			return
+		}
+		payload := data[8 : 8+n]
+		if crc32.Checksum(payload, crcTable) != sum {
+			return
+		}
+		if err := j.apply(payload); err != nil {
+			return
+		}
+		data = data[8+n:]
+	}
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = io.ErrUnexpectedEOF
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.err = io.ErrUnexpectedEOF
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.err = io.ErrUnexpectedEOF
+		return nil
+	}
+	v := bytes.Clone(d.b[:n])
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) key() (k objKey) {
+	if d.err != nil {
+		return
+	}
+	if len(d.b) < len(k) {
+		d.err = io.ErrUnexpectedEOF
+		return
+	}
+	copy(k[:], d.b)
+	d.b = d.b[len(k):]
+	return
+}
+
+// apply updates the in-memory index from one record payload.
+func (j *journal) apply(p []byte) error {
+	if len(p) < 1 {
+		return io.ErrUnexpectedEOF
+	}
+	d := decoder{b: p[1:]}
+	k := d.key()
+	j.clock++
+	switch p[0] {
+	case recObject:
+		vol, key, aux, size := d.bytes(), d.bytes(), d.bytes(), d.varint()
+		if d.err != nil {
+			return d.err
+		}
+		if old := j.objects[k]; old != nil {
+			j.used -= old.extents.bytes()
+		}
+		j.objects[k] = &objRecord{volKey: vol, key: key, aux: aux, size: size, lastUsed: j.clock}
+	case recPresent:
+		off, n := d.varint(), d.varint()
+		o := j.objects[k]
+		if d.err != nil || o == nil || off < 0 || n <= 0 {
+			return errors.Join(d.err, fmt.Errorf("fscache: bad present record for %v", k))
+		}
+		before := o.extents.bytes()
+		o.extents = o.extents.add(off, off+n)
+		j.used += o.extents.bytes() - before
+		o.size = max(o.size, off+n)
+		o.lastUsed = j.clock
+	case recResize:
+		size := d.varint()
+		o := j.objects[k]
+		if d.err != nil || o == nil {
+			return errors.Join(d.err, fmt.Errorf("fscache: bad resize record for %v", k))
+		}
+		before := o.extents.bytes()
+		o.extents = o.extents.truncate(size)
+		j.used += o.extents.bytes() - before
+		o.size = size
+	case recAux:
+		aux, size := d.bytes(), d.varint()
+		o := j.objects[k]
+		if d.err != nil || o == nil {
+			return errors.Join(d.err, fmt.Errorf("fscache: bad aux record for %v", k))
+		}
+		o.aux, o.size = aux, size
+	case recDelete:
+		if d.err != nil {
+			return d.err
+		}
+		if o := j.objects[k]; o != nil {
+			j.used -= o.extents.bytes()
+			delete(j.objects, k)
+		}
+	default:
+		return fmt.Errorf("fscache: unknown index record type %d", p[0])
+	}
+	return nil
+}
+
+func appendRecord(b []byte, payload []byte) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(payload)))
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(payload, crcTable))
+	return append(b, payload...)
+}
+
+func encObject(k objKey, o *objRecord) []byte {
+	p := append([]byte{recObject}, k[:]...)
+	p = binary.AppendUvarint(p, uint64(len(o.volKey)))
+	p = append(p, o.volKey...)
+	p = binary.AppendUvarint(p, uint64(len(o.key)))
+	p = append(p, o.key...)
+	p = binary.AppendUvarint(p, uint64(len(o.aux)))
+	p = append(p, o.aux...)
+	return binary.AppendVarint(p, o.size)
+}
+
+func encPresent(k objKey, off, n int64) []byte {
+	p := append([]byte{recPresent}, k[:]...)
+	p = binary.AppendVarint(p, off)
+	return binary.AppendVarint(p, n)
+}
+
+func encResize(k objKey, size int64) []byte {
+	p := append([]byte{recResize}, k[:]...)
+	return binary.AppendVarint(p, size)
+}
+
+func encAux(k objKey, aux []byte, size int64) []byte {
+	p := append([]byte{recAux}, k[:]...)
+	p = binary.AppendUvarint(p, uint64(len(aux)))
+	p = append(p, aux...)
+	return binary.AppendVarint(p, size)
+}
+
+func encDelete(k objKey) []byte { return append([]byte{recDelete}, k[:]...) }
+
+// commit appends one record durably-in-order and applies it to the index.
+// On a failed or short write the file is cut back to its previous length so
+// that a later record never follows a torn one.
+func (j *journal) commit(payload []byte) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.broken != nil {
+		return j.broken
+	}
+	if j.f == nil {
+		return ErrClosed
+	}
+	j.buf = appendRecord(j.buf[:0], payload)
+	n, err := j.f.Write(j.buf)
+	if err == nil && j.durable {
+		err = j.f.Sync()
+	}
+	if err != nil {
+		if n > 0 {
+			if terr := j.f.Truncate(j.size); terr != nil {
+				j.broken = fmt.Errorf("fscache: index torn and not repairable: %w", terr)
+			}
+		}
+		return fmt.Errorf("fscache: append index: %w", err)
+	}
+	j.size += int64(n)
+	if err := j.apply(payload); err != nil {
+		return err
+	}
+	if j.size > 2*j.live+(1<<20) { // amortized: each rewrite follows >= live+1MiB of appends
+		return j.compactLocked()
+	}
+	return nil
+}
+
+// touch moves an object to the most-recently-used end for culling.
+func (j *journal) touch(k objKey) {
+	j.mu.Lock()
+	j.clock++
+	if o := j.objects[k]; o != nil {
+		o.lastUsed = j.clock
+	}
+	j.mu.Unlock()
+}
+
+// lookup returns a copy of an object's record.
+func (j *journal) lookup(k objKey) (objRecord, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	o := j.objects[k]
+	if o == nil {
+		return objRecord{}, false
+	}
+	c := *o
+	c.extents = o.extents.clone()
+	return c, true
+}
+
+func (j *journal) usedBytes() int64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.used
+}
+
+func (j *journal) count() int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return len(j.objects)
+}
+
+// lru returns every object key, least recently used first.
+func (j *journal) lru() []objKey {
+	j.mu.Lock()
+	type kv struct {
+		k objKey
+		t uint64
+	}
+	all := make([]kv, 0, len(j.objects))
+	for k, o := range j.objects {
+		all = append(all, kv{k, o.lastUsed})
+	}
+	j.mu.Unlock()
+	sort.Slice(all, func(a, b int) bool { return all[a].t < all[b].t })
+	keys := make([]objKey, len(all))
+	for i := range all {
+		keys[i] = all[i].k
+	}
+	return keys
+}
+
+// compactLocked rewrites the journal as one object record plus its present
+// ranges per object, then atomically replaces the old file.
+func (j *journal) compactLocked() error {
+	tmp := j.path + ".tmp"
+	var b []byte
+	keys := make([]objKey, 0, len(j.objects))
+	for k := range j.objects {
+		keys = append(keys, k)
+	}
+	// Oldest first, so replaying the compacted file restores the LRU order.
+	sort.Slice(keys, func(a, c int) bool { return j.objects[keys[a]].lastUsed < j.objects[keys[c]].lastUsed })
+	for _, k := range keys {
+		o := j.objects[k]
+		b = appendRecord(b, encObject(k, o))
+		for _, e := range o.extents {
+			b = appendRecord(b, encPresent(k, e.off, e.end-e.off))
+		}
+		// The object record sets size from its fields; present records may
+		// only grow it, so the stored size is already exact.
+	}
+	if err := writeFileSync(tmp, b); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, j.path); err != nil {
+		return fmt.Errorf("fscache: install index: %w", err)
+	}
+	if err := syncDir(filepath.Dir(j.path)); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("fscache: open index: %w", err)
+	}
+	if j.f != nil {
+		j.f.Close()
+	}
+	j.f, j.size, j.live = f, int64(len(b)), int64(len(b))
+	return nil
+}
+
+func (j *journal) close() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.f == nil {
+		return nil
+	}
+	err := j.compactLocked()
+	if cerr := j.f.Close(); err == nil {
+		err = cerr
+	}
+	j.f = nil
+	return err
+}
+
+func writeFileSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("fscache: write %s: %w", path, err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fscache: write %s: %w", path, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("fscache: sync dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fscache: sync dir: %w", err)
+	}
+	return nil
+}
