@@ -116,6 +116,9 @@ func (s *extentSet) covered(r Extent) int64 {
 // within returns copies of the parts of the set that lie inside r.
 func (s *extentSet) within(r Extent) []Extent {
 	var out []Extent
+	if r.End <= r.Off {
+		return nil
+	}
 	for i := sort.Search(len(s.ext), func(i int) bool { return s.ext[i].End > r.Off }); i < len(s.ext) && s.ext[i].Off < r.End; i++ {
 		e := s.ext[i]
 		out = append(out, Extent{max(e.Off, r.Off), min(e.End, r.End)})

@@ -103,7 +103,19 @@ func (i *Inode) DirtiedWhen() time.Time {
 //
 // Call it after the pages are dirtied (MarkDirty), never before: writeback
 // clears the bit when it finds no dirty page, so pinning first could leave
-// dirty pages without a pin. If writeback cleaned the inode between the
+// dirty pages without a pin. Take the cache use before calling it and give
+// it back when it returns false:
+//
+//	if ino.State()&writeback.PinningCacheWB == 0 { // fast path
+//		cookie.Use(true)
+//		if !ino.SetPinningCacheWB() {
+//			cookie.Unuse(...)
+//		}
+//	}
+//
+// Taking the use after a true return leaves a window in which a writeback
+// can clear the bit and have WriteInode drop a use not yet taken (the
+// kernel's fscache_set_page_dirty has that window too). If writeback cleaned the inode between the
 // dirtying and this call, the pin would linger on a clean inode; the inode
 // is then queued so that the flusher's next pass (or the next Sync) finds
 // it clean and unpins it.

@@ -74,9 +74,9 @@ func WriteSingleInode(ctx context.Context, fs Filesystem, ino *Inode, wbc *Contr
 	defer ino.wbMu.Unlock()
 	wbc.UnpinnedCacheWB = false
 
-	r := Extent{wbc.RangeStart &^ (PageSize - 1), wbc.RangeEnd}
-	if r.End <= 0 {
-		r.End = 1<<63 - 1
+	r := Extent{max(wbc.RangeStart, 0) &^ (PageSize - 1), 1<<63 - 1}
+	if wbc.RangeEnd > 0 {
+		r.End = pageRange(0, wbc.RangeEnd).End
 	}
 
 	ino.mu.Lock()
