@@ -97,8 +97,8 @@ type Cache struct {
 	lockFile *os.File
 
 	mu          sync.Mutex
-	slotFree    *sync.Cond // an fd slot may have become free
-	pinFree     *sync.Cond // a pinned cookie was unpinned
+	slotFree    *sync.Cond    // an fd slot may have become free
+	pinChanged  chan struct{} // closed and replaced when a cookie is unpinned
 	slotWaiters atomic.Int32
 	closed      bool
 	volumes     map[string]*Volume
@@ -181,10 +181,9 @@ func Open(dir string, opts Options) (*Cache, error) {
 	c := &Cache{
 		dir: dir, objDir: objDir, opts: opts, log: log, journal: j, lockFile: lf,
 		volumes: make(map[string]*Volume), cookies: make(map[objKey]*Cookie), lru: lru,
-		cullKick: make(chan struct{}, 1), done: make(chan struct{}),
+		cullKick: make(chan struct{}, 1), done: make(chan struct{}), pinChanged: make(chan struct{}),
 	}
 	c.slotFree = sync.NewCond(&c.mu)
-	c.pinFree = sync.NewCond(&c.mu)
 	if opts.CullInterval > 0 {
 		c.wg.Add(1)
 		go c.culler()
@@ -216,7 +215,6 @@ func (c *Cache) Close() error {
 	}
 	c.lru.Purge()
 	c.slotFree.Broadcast()
-	c.pinFree.Broadcast()
 	c.mu.Unlock()
 	c.wg.Wait()
 	var err error
@@ -344,9 +342,9 @@ func truncatePath(path string, size int64) error {
 // ensureOpen opens ck's backing file, taking an fd slot. When all
 // MaxOpenFiles slots are taken it closes the least recently used evictable
 // fd (an unpinned cookie with no I/O in flight, unused ones first), or waits
-// for one. forPin marks the open done by pinning; any other open of a
-// pinned cookie's file is a writeback reopen, which must never happen.
-func (c *Cache) ensureOpen(ck *Cookie, forPin bool) error {
+// for one. An open of a pinned cookie's file after the pin opened it is a
+// writeback reopen, which must never happen; it is counted.
+func (c *Cache) ensureOpen(ck *Cookie) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.slotWaiters.Add(1)
@@ -390,7 +388,7 @@ func (c *Cache) ensureOpen(ck *Cookie, forPin bool) error {
 	if ck.everOpened {
 		c.st.reopens.Add(1)
 	}
-	if ck.pins > 0 && !forPin {
+	if ck.pins > 0 && ck.pinFileHeld {
 		c.st.writebackReopens.Add(1)
 	}
 	ck.everOpened = true

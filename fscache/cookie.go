@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Cookie is one remote file in the cache, the counterpart of struct
@@ -34,11 +35,14 @@ type Cookie struct {
 	file       *os.File
 	fileRefs   int  // I/O calls currently using file; eviction waits for 0
 	everOpened bool // a later open is a reopen
-	dead       bool // relinquished or cache closed
-	gen        uint64
-	aux        []byte
-	size       int64
-	extents    extentSet
+	// pinFileHeld: the pin's fd is open and must stay open until unpin;
+	// an open while it is set is a writeback reopen (a bug, counted).
+	pinFileHeld bool
+	dead        bool // relinquished or cache closed
+	gen         uint64
+	aux         []byte
+	size        int64
+	extents     extentSet
 }
 
 // Key is the cookie key.
@@ -127,11 +131,13 @@ func (ck *Cookie) unuse(pin bool, aux []byte, size int64) error {
 	if pin {
 		ck.pins--
 		if ck.pins == 0 {
+			ck.pinFileHeld = false
 			c.pinned--
 			if ck.file != nil && !ck.dead {
 				c.lru.Add(ck.k, ck)
 			}
-			c.pinFree.Broadcast()
+			close(c.pinChanged)
+			c.pinChanged = make(chan struct{})
 			c.slotFree.Broadcast()
 		}
 	} else if ck.users == 0 && ck.file != nil && !ck.dead {
@@ -163,8 +169,9 @@ func (ck *Cookie) unuse(pin bool, aux []byte, size int64) error {
 // in an ordinary context, so writeback never has to.
 func (ck *Cookie) pinUse() error {
 	c := ck.cache
-	c.mu.Lock()
+	waited := false
 	for {
+		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
 			return ErrClosed
@@ -180,22 +187,32 @@ func (ck *Cookie) pinUse() error {
 			ck.users++
 			ck.mu.Unlock()
 			c.mu.Unlock()
+			c.st.pins.Add(1)
 			return nil
 		}
 		ck.mu.Unlock()
 		if c.pinned < c.opts.MaxPinned {
-			break
+			break // c.mu held
 		}
-		c.st.pinWaits.Add(1)
+		ch := c.pinChanged
+		c.mu.Unlock()
+		if !waited {
+			waited = true
+			c.st.pinWaits.Add(1)
+		}
+		// Ask the filesystem to write back pinned inodes, then wait for an
+		// unpin; ask again now and then in case the writeback it started
+		// could not make progress at that moment.
 		if f := c.opts.PinPressure; f != nil {
-			c.mu.Unlock()
 			f()
-			c.mu.Lock()
-			if c.pinned < c.opts.MaxPinned || c.closed {
-				continue
-			}
 		}
-		c.pinFree.Wait()
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-c.done:
+		}
+		t.Stop()
 	}
 	c.pinned++
 	ck.mu.Lock()
@@ -205,10 +222,15 @@ func (ck *Cookie) pinUse() error {
 	c.lru.Remove(ck.k) // a pinned fd is never evicted
 	c.mu.Unlock()
 	c.st.pins.Add(1)
-	if err := c.ensureOpen(ck, true); err != nil {
+	if err := c.ensureOpen(ck); err != nil {
 		ck.unuse(true, nil, -1)
 		return err
 	}
+	ck.mu.Lock()
+	if ck.file != nil && ck.pins > 0 {
+		ck.pinFileHeld = true
+	}
+	ck.mu.Unlock()
 	return nil
 }
 
@@ -224,7 +246,7 @@ func (ck *Cookie) getFile() (*os.File, error) {
 			return f, nil
 		}
 		ck.mu.Unlock()
-		if err := ck.cache.ensureOpen(ck, false); err != nil {
+		if err := ck.cache.ensureOpen(ck); err != nil {
 			return nil, err
 		}
 	}
