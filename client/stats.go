@@ -71,8 +71,8 @@ type procCounter struct {
 // stats holds atomic counters; NFS procedures are indexed by number, other
 // programs' procedures by a small fixed set.
 type stats struct {
-	nfs                              [numNFSProcs]procCounter
-	mnt, umnt, export, getport       procCounter
+	nfs                             [numNFSProcs]procCounter
+	mnt, umnt, export, getport      procCounter
 	bytesRead, bytesWritten, resent atomic.Uint64
 }
 
