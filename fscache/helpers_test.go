@@ -2,6 +2,7 @@ package fscache
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -94,3 +95,14 @@ func checkRead(ck *Cookie, off int64, want []byte) error {
 }
 
 func isNotCached(err error) bool { return errors.Is(err, ErrNotCached) }
+
+var ctxBG = context.Background()
+
+func errorsIsAny(err error, targets ...error) bool {
+	for _, t := range targets {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return false
+}
