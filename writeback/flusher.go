@@ -100,6 +100,7 @@ type Flusher struct {
 	reserved   int64 // admitted by the throttle, not yet added
 	held       int64 // inodes with holdsSlot
 	urgent     int   // throttled writers waiting: write back regardless of age
+	forceReq   bool  // StartWriteback asked for one pass regardless of age
 	queue      list.List
 	entries    map[*Inode]*list.Element // value *queued
 	changed    chan struct{}            // closed and replaced when room appears
@@ -165,8 +166,8 @@ func (f *Flusher) MarkDirty(ctx context.Context, ino *Inode, off, n int64, pin f
 	if ino.f != f {
 		return errors.New("writeback: MarkDirty: inode belongs to another flusher")
 	}
-	if n <= 0 || off < 0 {
-		return fmt.Errorf("writeback: MarkDirty: invalid range off=%d n=%d", off, n)
+	if err := checkRange(off, n); err != nil {
+		return err
 	}
 	r := pageRange(off, n)
 	need := r.Len()
@@ -175,6 +176,9 @@ func (f *Flusher) MarkDirty(ctx context.Context, ino *Inode, off, n int64, pin f
 		ino.mu.Lock()
 		f.mu.Lock()
 		if f.closed {
+			if waited {
+				f.urgent--
+			}
 			f.mu.Unlock()
 			ino.mu.Unlock()
 			return ErrClosed
@@ -298,6 +302,17 @@ func (f *Flusher) Close() error {
 	return f.SyncAll(context.Background())
 }
 
+// StartWriteback asks the flusher for one pass over every queued inode,
+// oldest first, regardless of age, and returns at once
+// (wakeup_flusher_threads). It is what a cache's pin-pressure hook calls
+// when it needs pinned inodes written back and unpinned.
+func (f *Flusher) StartWriteback() {
+	f.mu.Lock()
+	f.forceReq = true
+	f.mu.Unlock()
+	f.wake()
+}
+
 func (f *Flusher) wake() {
 	select {
 	case f.kick <- struct{}{}:
@@ -335,6 +350,8 @@ func (f *Flusher) forceLocked() bool {
 func (f *Flusher) pass() {
 	f.mu.Lock()
 	n := f.queue.Len()
+	requested := f.forceReq
+	f.forceReq = false
 	f.mu.Unlock()
 	for range n {
 		select {
@@ -350,7 +367,7 @@ func (f *Flusher) pass() {
 		}
 		q := e.Value.(*queued)
 		now := time.Now()
-		if !f.forceLocked() && now.Sub(q.when) < f.opts.DirtyExpire {
+		if !requested && !f.forceLocked() && now.Sub(q.when) < f.opts.DirtyExpire {
 			f.mu.Unlock()
 			return // the queue is ordered: nothing later has expired
 		}

@@ -414,3 +414,41 @@ func TestClearPinningAtEviction(t *testing.T) {
 		t.Fatalf("after eviction: state %b stats %+v", a.State(), s)
 	}
 }
+
+// TestStartWriteback: an explicit request (a cache's pin-pressure hook)
+// writes back and unpins inodes long before they expire.
+func TestStartWriteback(t *testing.T) {
+	m := newMemFS(t)
+	f := New(m, longExpire)
+	defer f.Close()
+	ino := f.NewInode("f")
+	mustMark(t, f, m, ino, 0, 3*PageSize)
+	f.StartWriteback()
+	eventually(t, "requested writeback", func() bool {
+		return ino.State() == 0 && m.usesOf(ino) == 0 && len(m.lost(ino)) == 0
+	})
+}
+
+// TestInvalidRangeRejected: negative offsets, empty ranges and ranges
+// whose end overflows are errors and dirty nothing.
+func TestInvalidRangeRejected(t *testing.T) {
+	m := newMemFS(t)
+	f := New(m, longExpire)
+	defer f.Close()
+	ino := f.NewInode("f")
+	bad := [][2]int64{{-1, 10}, {0, 0}, {5, -3}, {1<<63 - 100, 50}, {1<<63 - 1, 1}}
+	for _, r := range bad {
+		if err := f.MarkDirty(context.Background(), ino, r[0], r[1], nil); err == nil {
+			t.Errorf("Flusher.MarkDirty(%d, %d) accepted", r[0], r[1])
+		}
+		if err := ino.MarkDirty(r[0], r[1]); err == nil {
+			t.Errorf("Inode.MarkDirty(%d, %d) accepted", r[0], r[1])
+		}
+	}
+	if ino.State() != 0 || f.Stats().DirtyBytes != 0 {
+		t.Fatalf("invalid ranges dirtied something: %b %+v", ino.State(), f.Stats())
+	}
+	if err := f.MarkDirty(context.Background(), NewInode("x"), 0, 1, nil); err == nil {
+		t.Fatal("MarkDirty accepted an inode of no flusher")
+	}
+}

@@ -1,6 +1,7 @@
 package writeback
 
 import (
+	"fmt"
 	"sync"
 	"time"
 )
@@ -167,14 +168,28 @@ func (i *Inode) MarkInodeDirty() {
 // sets DirtyPages. It never blocks and never throttles: it is for
 // re-dirtying from inside WriteInode (e.g. an NFS COMMIT whose verifier
 // changed) and for inodes without a Flusher. Writers should use
-// Flusher.MarkDirty, which applies balance_dirty_pages throttling.
-func (i *Inode) MarkDirty(off, n int64) {
-	if n <= 0 || off < 0 {
-		return
+// Flusher.MarkDirty, which applies balance_dirty_pages throttling and the
+// pinned-inode bound. Re-dirtied data needs its cache pin like any other:
+// pin after MarkDirty (see SetPinningCacheWB) if the cache holds the data.
+// An empty or invalid range is an error and changes nothing.
+func (i *Inode) MarkDirty(off, n int64) error {
+	if err := checkRange(off, n); err != nil {
+		return err
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	i.markDirtyLocked(pageRange(off, n))
+	return nil
+}
+
+// maxOffset keeps page rounding of off+n from overflowing int64.
+const maxOffset = 1<<63 - 1 - PageSize
+
+func checkRange(off, n int64) error {
+	if off < 0 || n <= 0 || off > maxOffset-n {
+		return fmt.Errorf("writeback: MarkDirty: invalid range off=%d n=%d", off, n)
+	}
+	return nil
 }
 
 func (i *Inode) markDirtyLocked(r Extent) {
