@@ -3,7 +3,7 @@ package writeback
 import (
 	"context"
 	"errors"
-		"sync"
+	"sync"
 	"testing"
 	"time"
 )
