@@ -2,23 +2,34 @@ package writeback
 
 import (
 	"math/rand/v2"
+	"sync"
 	"testing"
+	"time"
 )
 
 // checkSet verifies the structural invariants of an extentSet and that it
 // holds exactly the pages marked in model.
 func checkSet(t *testing.T, s *extentSet, model []bool) {
 	t.Helper()
-	for k, e := range s.ext {
+	ext := s.all()
+	if s.len() != len(ext) || s.bytes() != func() (n int64) {
+		for _, e := range ext {
+			n += e.Len()
+		}
+		return n
+	}() {
+		t.Fatalf("len %d / bytes %d disagree with extents %+v", s.len(), s.bytes(), ext)
+	}
+	for k, e := range ext {
 		if e.Off%PageSize != 0 || e.End%PageSize != 0 || e.End <= e.Off {
 			t.Fatalf("extent %d %+v not page aligned or empty", k, e)
 		}
-		if k > 0 && s.ext[k-1].End >= e.Off {
-			t.Fatalf("extents %d,%d overlap or touch (not coalesced): %+v %+v", k-1, k, s.ext[k-1], e)
+		if k > 0 && ext[k-1].End >= e.Off {
+			t.Fatalf("extents %d,%d overlap or touch (not coalesced): %+v %+v", k-1, k, ext[k-1], e)
 		}
 	}
 	got := make([]bool, len(model))
-	for _, e := range s.ext {
+	for _, e := range ext {
 		for p := e.Off / PageSize; p < e.End/PageSize; p++ {
 			if p >= int64(len(got)) {
 				t.Fatalf("extent %+v beyond model", e)
@@ -29,14 +40,14 @@ func checkSet(t *testing.T, s *extentSet, model []bool) {
 	runs := 0
 	for p := range model {
 		if got[p] != model[p] {
-			t.Fatalf("page %d: set has %v, model %v; set %+v", p, got[p], model[p], s.ext)
+			t.Fatalf("page %d: set has %v, model %v; set %+v", p, got[p], model[p], ext)
 		}
 		if model[p] && (p == 0 || !model[p-1]) {
 			runs++
 		}
 	}
-	if runs != len(s.ext) {
-		t.Fatalf("model has %d dirty runs, set has %d extents", runs, len(s.ext))
+	if runs != len(ext) {
+		t.Fatalf("model has %d dirty runs, set has %d extents", runs, len(ext))
 	}
 }
 
@@ -116,22 +127,63 @@ func TestSequentialWritesCoalesce(t *testing.T) {
 	}
 }
 
-func BenchmarkMarkDirtySequential(b *testing.B) {
+// benchMarkDirty dirties the same ranges twice in one run: through
+// Inode.MarkDirty (coalesced extents) and through a baseline that keeps a
+// map entry per dirty page under a mutex (the page-cache dirty tag shape).
+// It reports both costs, their ratio, and how many separate writes each
+// representation would hand to writeback.
+func benchMarkDirty(b *testing.B, offs []int64, n int64) {
 	ino := NewInode(nil)
-	b.SetBytes(1000)
+	b.SetBytes(n)
+	start := time.Now()
 	for k := range b.N {
-		ino.MarkDirty(int64(k)*1000, 1000)
+		if err := ino.MarkDirty(offs[k%len(offs)], n); err != nil {
+			b.Fatal(err)
+		}
 	}
+	extNs := float64(time.Since(start).Nanoseconds()) / float64(b.N)
+
+	var mu sync.Mutex
+	pages := make(map[int64]struct{})
+	start = time.Now()
+	for k := range b.N {
+		r := pageRange(offs[k%len(offs)], n)
+		mu.Lock()
+		for p := r.Off / PageSize; p < r.End/PageSize; p++ {
+			pages[p] = struct{}{}
+		}
+		mu.Unlock()
+	}
+	mapNs := float64(time.Since(start).Nanoseconds()) / float64(b.N)
+
+	b.ReportMetric(extNs, "extent-ns/op")
+	b.ReportMetric(mapNs, "pagemap-ns/op")
+	b.ReportMetric(mapNs/extNs, "speedup-vs-pagemap")
 	b.ReportMetric(float64(len(ino.DirtyExtents())), "extents")
+	b.ReportMetric(float64(len(pages)), "pagemap-entries")
 }
 
-func BenchmarkMarkDirtyRandom(b *testing.B) {
-	const pages = 1 << 16
-	ino := NewInode(nil)
-	rng := rand.New(rand.NewPCG(1, 2))
-	b.SetBytes(PageSize)
-	for range b.N {
-		ino.MarkDirty(rng.Int64N(pages)*PageSize, PageSize)
+func BenchmarkMarkDirtySequential1000B(b *testing.B) {
+	offs := make([]int64, 1<<20)
+	for k := range offs {
+		offs[k] = int64(k) * 1000
 	}
-	b.ReportMetric(float64(len(ino.DirtyExtents())), "extents")
+	benchMarkDirty(b, offs, 1000)
+}
+
+func BenchmarkMarkDirtySequential64K(b *testing.B) {
+	offs := make([]int64, 1<<16)
+	for k := range offs {
+		offs[k] = int64(k) << 16
+	}
+	benchMarkDirty(b, offs, 1<<16)
+}
+
+func BenchmarkMarkDirtyRandomPage(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	offs := make([]int64, 1<<16)
+	for k := range offs {
+		offs[k] = rng.Int64N(1<<16) * PageSize
+	}
+	benchMarkDirty(b, offs, PageSize)
 }

@@ -193,8 +193,13 @@ func checkRange(off, n int64) error {
 }
 
 func (i *Inode) markDirtyLocked(r Extent) {
-	grow := r.Len() - i.unionCoveredLocked(r)
-	i.dirty.add(r)
+	var grow int64
+	if i.writing.empty() {
+		grow = i.dirty.add(r)
+	} else {
+		grow = r.Len() - i.unionCoveredLocked(r)
+		i.dirty.add(r)
+	}
 	if i.state&DirtyPages == 0 {
 		i.state |= DirtyPages
 		i.dirtiedWhen = time.Now()
@@ -251,13 +256,13 @@ func (i *Inode) DirtyExtents() []Extent {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	var s extentSet
-	for _, e := range i.dirty.ext {
+	for _, e := range i.dirty.all() {
 		s.add(e)
 	}
-	for _, e := range i.writing.ext {
+	for _, e := range i.writing.all() {
 		s.add(e)
 	}
-	return s.ext
+	return s.all()
 }
 
 // DirtyBytes returns the bytes held dirty or under writeback.
@@ -269,8 +274,8 @@ func (i *Inode) DirtyBytes() int64 {
 
 func (i *Inode) bothLocked() int64 {
 	n := int64(0)
-	for _, e := range i.dirty.ext {
-		n += i.writing.covered(e)
+	for _, e := range i.writing.all() {
+		n += i.dirty.covered(e)
 	}
 	return n
 }
