@@ -9,11 +9,12 @@
 //
 // An Inode is the writeback half of a kernel inode and its address_space:
 //
-//   - its dirty pages, kept as page-aligned extents (PageSize) in a sorted
-//     list where adjacent and overlapping ranges coalesce, so a sequential
-//     writer leaves one extent and writeback issues one large write (the
-//     "dirty regions" direction named by the fscache pinning commit, instead
-//     of the page-cache's dirty tag per page);
+//   - its dirty pages, kept as page-aligned extents (PageSize) in a B-tree
+//     keyed by offset where adjacent and overlapping ranges coalesce, so a
+//     sequential writer leaves one extent and writeback issues one large
+//     write (the "dirty regions" direction named by the fscache pinning
+//     commit, instead of the page cache's dirty tag per page), and random
+//     writes to a large file stay O(log n);
 //   - its state bits (inode->i_state): DirtyPages (I_DIRTY_PAGES),
 //     PinningCacheWB (I_PINNING_FSCACHE_WB), DirtyInode (I_DIRTY_SYNC),
 //     Writeback (I_SYNC);
@@ -48,7 +49,8 @@
 // like errseq_set; Flusher.Sync reports each error once to the inode's own
 // cursor, and SampleErr/CheckErr/SyncFile give an open file its own cursor
 // (file->f_wb_err, errseq_check_and_advance). Background errors are never
-// dropped: they wait for the next Sync. A write abandoned because the
+// dropped: they wait for the next Sync. Every error is also recorded on the
+// Flusher, and SyncAll reports it once like syncfs reports sb->s_wb_err. A write abandoned because the
 // caller's context ended is not recorded (nothing was lost).
 //
 // # The flusher and balance_dirty_pages

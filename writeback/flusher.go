@@ -105,6 +105,9 @@ type Flusher struct {
 	entries    map[*Inode]*list.Element // value *queued
 	changed    chan struct{}            // closed and replaced when room appears
 	closed     bool
+	errSeq     uint64 // every writeback error of any inode (s_wb_err)
+	err        error
+	syncAllSeq uint64 // errSeq last reported by SyncAll
 
 	kick chan struct{}
 	stop chan struct{}
@@ -264,8 +267,12 @@ func (f *Flusher) syncWith(ctx context.Context, ino *Inode, cur *ErrCursor) erro
 	return ino.checkErrLocked(cur)
 }
 
-// SyncAll is sync_inodes_sb: Sync for every inode dirty or pinned when it
-// is called. It returns the errors joined.
+// SyncAll is sync_inodes_sb + syncfs: Sync for every inode dirty or pinned
+// when it is called. It returns the errors joined; if none of those Syncs
+// reported one but some inode's writeback failed since the previous
+// SyncAll (an error already reported to that inode's Sync, or on an inode
+// since written and dropped from the list), it returns the latest such
+// error, like syncfs reporting sb->s_wb_err.
 func (f *Flusher) SyncAll(ctx context.Context) error {
 	f.mu.Lock()
 	inodes := make([]*Inode, 0, len(f.entries))
@@ -282,6 +289,14 @@ func (f *Flusher) SyncAll(ctx context.Context) error {
 			break
 		}
 	}
+	f.mu.Lock()
+	if f.syncAllSeq != f.errSeq {
+		f.syncAllSeq = f.errSeq
+		if len(errs) == 0 {
+			errs = append(errs, f.err)
+		}
+	}
+	f.mu.Unlock()
 	return errors.Join(errs...)
 }
 

@@ -38,9 +38,12 @@ type Control struct {
 }
 
 // Filesystem is what writeback needs from the filesystem that owns the
-// inodes: ->writepages and ->write_inode. It is called without any lock of
-// this package held, and may call Inode methods (for instance MarkDirty to
-// re-dirty, or Size).
+// inodes: ->writepages and ->write_inode. Its methods are called without
+// any lock of this package held, concurrently for different inodes but
+// never concurrently for the same inode (one writeback per inode). They may
+// call Inode methods (MarkDirty to re-dirty, Size, Owner) but not
+// Flusher.MarkDirty or Sync on the inode being written (that would wait
+// for the writeback that is calling them).
 type Filesystem interface {
 	// WritePages writes the given dirty extents (sorted, disjoint,
 	// page-aligned; the last may run past Size, which the filesystem
