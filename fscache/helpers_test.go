@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // testOptions returns options with culling driven only by the tests: the
@@ -106,3 +107,5 @@ func errorsIsAny(err error, targets ...error) bool {
 	}
 	return false
 }
+
+func pause() { time.Sleep(time.Millisecond) }
