@@ -173,10 +173,13 @@ func (f *Flusher) MarkDirty(ctx context.Context, ino *Inode, off, n int64, pin f
 		return err
 	}
 	r := pageRange(off, n)
-	need := r.Len()
+	var need int64
 	waited := false
 	for {
 		ino.mu.Lock()
+		// Only bytes not already held count: rewriting dirty pages costs
+		// no memory and never waits.
+		need = r.Len() - ino.unionCoveredLocked(r)
 		f.mu.Lock()
 		if f.closed {
 			if waited {
@@ -187,7 +190,7 @@ func (f *Flusher) MarkDirty(ctx context.Context, ino *Inode, off, n int64, pin f
 			return ErrClosed
 		}
 		inMem := f.dirtyBytes + f.reserved
-		bytesOK := inMem+need <= f.opts.DirtyLimitBytes || inMem == 0
+		bytesOK := need == 0 || inMem+need <= f.opts.DirtyLimitBytes || inMem == 0
 		slotOK := ino.holdsSlot || f.opts.MaxPinnedInodes == 0 || f.held < int64(f.opts.MaxPinnedInodes)
 		if bytesOK && slotOK {
 			if waited {

@@ -460,3 +460,33 @@ func TestInvalidRangeRejected(t *testing.T) {
 		t.Fatal("MarkDirty accepted an inode of no flusher")
 	}
 }
+
+// TestRewriteAtLimitDoesNotWait: at the dirty limit, rewriting pages that
+// are already dirty adds no memory and is admitted at once, while a new
+// page waits.
+func TestRewriteAtLimitDoesNotWait(t *testing.T) {
+	m := newMemFS(t)
+	block := make(chan struct{})
+	m.block = block
+	f := New(m, Options{DirtyExpire: time.Hour, Interval: time.Hour, DirtyLimitBytes: 4 * PageSize})
+	ino := f.NewInode("f")
+	mustMark(t, f, m, ino, 0, 4*PageSize)
+	for range 10 {
+		mustMark(t, f, m, ino, PageSize+7, 100) // inside a dirty page
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	if err := f.MarkDirty(ctx, ino, 4*PageSize, 1, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("new page at the limit: %v, want to wait", err)
+	}
+	m.mu.Lock()
+	m.block = nil
+	m.mu.Unlock()
+	close(block)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if lost := m.lost(ino); len(lost) != 0 {
+		t.Fatalf("lost %v", lost)
+	}
+}

@@ -90,8 +90,9 @@ func (i *Inode) ExtendSize(end int64) {
 	i.mu.Unlock()
 }
 
-// DirtiedWhen returns when the inode last went from clean to dirty (or was
-// requeued after a writeback pass left pages dirty); zero if clean.
+// DirtiedWhen returns when the inode last went from clean to dirty (or
+// when a failed writeback put it back to wait another expiry period); zero
+// if clean.
 func (i *Inode) DirtiedWhen() time.Time {
 	i.mu.Lock()
 	defer i.mu.Unlock()

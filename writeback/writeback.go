@@ -153,9 +153,11 @@ func WriteSingleInode(ctx context.Context, fs Filesystem, ino *Inode, wbc *Contr
 				ino.f.pinned.Add(-1)
 			}
 		}
-	} else if ino.f != nil {
-		// redirty_tail: pages left dirty (failed or re-dirtied) wait for
-		// another expiry period instead of spinning on a failing server.
+	} else if ino.f != nil && record {
+		// redirty_tail: a failed range waits another expiry period instead
+		// of spinning on a failing server. (Pages merely left outside the
+		// range, or re-dirtied meanwhile, keep the inode's place: it is
+		// still queued, since only a clean inode leaves the queue.)
 		ino.dirtiedWhen = time.Now()
 		ino.f.requeueLocked(ino, ino.dirtiedWhen)
 	}
