@@ -455,3 +455,12 @@ func (c *Cache) closeFileLocked(ck *Cookie) {
 		c.slotFree.Broadcast()
 	}
 }
+
+// MaxPinned is the bound on pinned cookies. A filesystem using a
+// writeback.Flusher sets writeback.Options.MaxPinnedInodes to at most this,
+// so that the flusher throttles dirtiers (balance_dirty_pages) before
+// SetPageDirty would have to wait.
+func (c *Cache) MaxPinned() int { return c.opts.MaxPinned }
+
+// MaxOpenFiles is the bound on open backing fds.
+func (c *Cache) MaxOpenFiles() int { return c.opts.MaxOpenFiles }

@@ -560,3 +560,25 @@ func TestStatsString(t *testing.T) {
 		}
 	}
 }
+
+// TestUnuseShrinkPersists: an Unuse that records a smaller size drops the
+// present ranges beyond it, in memory and in the index across a reopen.
+func TestUnuseShrinkPersists(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := Open(dir, testOptions())
+	ck := mustCookie(t, mustVolume(t, c, "vol"), "f", "a", 0)
+	ck.Use(true)
+	ck.WriteAt(pattern(1, 0, 8192), 0)
+	ck.Unuse([]byte("b"), 1000)
+	c.Close()
+	c = openTest(t, dir, testOptions())
+	ck = mustCookie(t, mustVolume(t, c, "vol"), "f", "b", 1000)
+	ck.Use(false)
+	if err := ck.Resize(8192); err != nil { // the file grows again remotely
+		t.Fatal(err)
+	}
+	r, _ := ck.Present(0, 8192)
+	if len(r) != 1 || r[0] != (Range{0, 1000}) {
+		t.Fatalf("present after shrink+reopen+grow: %v", r)
+	}
+}

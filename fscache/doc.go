@@ -63,7 +63,14 @@
 // always finds a slot. At the bound, SetPageDirty calls Options.PinPressure
 // (the filesystem kicks writeback of pinned inodes, like
 // balance_dirty_pages) and the dirtier waits for an unpin instead of
-// opening more files.
+// opening more files. With a writeback.Flusher, set its MaxPinnedInodes to
+// Cache.MaxPinned(): the flusher then throttles the writer in MarkDirty
+// (forcing writeback) before the pin is ever taken, and SetPageDirty does
+// not wait.
+//
+// All opens and closes of backing files happen under Cache.mu, after the
+// open-file count was checked against the bound, so the bound holds for the
+// real descriptors at every instant, not only for the counter.
 //
 // # Coherency and invalidation
 //

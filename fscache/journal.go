@@ -20,9 +20,9 @@ import (
 //
 //	[u32 payload length][u32 CRC-32C of payload][payload: type byte, fields]
 //
-// Replay stops at the first torn or corrupt record and truncates the file
-// there, so a process killed in the middle of an append loses only that
-// record. A present-range record is appended only after the data write to
+// Replay stops at the first torn or corrupt record, and the rewrite at Open
+// drops everything from there, so a process killed in the middle of an
+// append loses only that record. A present-range record is appended only after the data write to
 // the backing file has returned (and, with Options.Durable, after the backing
 // file was fdatasync'd), so a range is never recorded as present before its
 // bytes are in the backing file. The journal is rewritten compactly (temp
@@ -91,9 +91,9 @@ func (j *journal) replay(data []byte) {
 		if crc32.Checksum(payload, crcTable) != sum {
 			return
 		}
-		if err := j.apply(payload); err != nil {
-			return
-		}
+		// An intact record that does not apply (e.g. for an object deleted
+		// earlier) is skipped; only a torn or corrupt one ends the replay.
+		_ = j.apply(payload)
 		data = data[8+n:]
 	}
 }
@@ -200,6 +200,11 @@ func (j *journal) apply(p []byte) error {
 		o := j.objects[k]
 		if d.err != nil || o == nil {
 			return errors.Join(d.err, fmt.Errorf("fscache: bad aux record for %v", k))
+		}
+		if size < o.size {
+			before := o.extents.bytes()
+			o.extents = o.extents.truncate(size)
+			j.used += o.extents.bytes() - before
 		}
 		o.aux, o.size = aux, size
 	case recDelete:
