@@ -134,7 +134,6 @@ func TestSequentialWritesCoalesce(t *testing.T) {
 // representation would hand to writeback.
 func benchMarkDirty(b *testing.B, offs []int64, n int64) {
 	ino := NewInode(nil)
-	b.SetBytes(n)
 	start := time.Now()
 	for k := range b.N {
 		if err := ino.MarkDirty(offs[k%len(offs)], n); err != nil {
@@ -158,6 +157,8 @@ func benchMarkDirty(b *testing.B, offs []int64, n int64) {
 
 	b.ReportMetric(extNs, "extent-ns/op")
 	b.ReportMetric(mapNs, "pagemap-ns/op")
+	b.ReportMetric(float64(n)/extNs*1e3, "extent-MB/s")
+	b.ReportMetric(float64(n)/mapNs*1e3, "pagemap-MB/s")
 	b.ReportMetric(mapNs/extNs, "speedup-vs-pagemap")
 	b.ReportMetric(float64(len(ino.DirtyExtents())), "extents")
 	b.ReportMetric(float64(len(pages)), "pagemap-entries")
