@@ -392,7 +392,7 @@ func (c *Cache) ensureOpen(ck *Cookie) error {
 		c.st.writebackReopens.Add(1)
 	}
 	ck.everOpened = true
-	pinned := ck.pins > 0
+	pinned := ck.pins > 0 || ck.pinPending > 0
 	ck.mu.Unlock()
 	if !pinned {
 		c.lru.Add(ck.k, ck)
@@ -414,7 +414,7 @@ func (c *Cache) evictOneLocked() bool {
 				continue
 			}
 			ck.mu.Lock()
-			if ck.file == nil || ck.pins > 0 || ck.dead {
+			if ck.file == nil || ck.pins > 0 || ck.pinPending > 0 || ck.dead {
 				// Stale entry: not holding an evictable fd.
 				ck.mu.Unlock()
 				c.lru.Remove(k)

@@ -582,3 +582,27 @@ func TestUnuseShrinkPersists(t *testing.T) {
 		t.Fatalf("present after shrink+reopen+grow: %v", r)
 	}
 }
+
+// TestDiscardRange: a discarded range stops being served, persistently.
+func TestDiscardRange(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := Open(dir, testOptions())
+	ck := mustCookie(t, mustVolume(t, c, "vol"), "f", "a", 0)
+	ck.Use(true)
+	ck.WriteAt(pattern(1, 0, 10000), 0)
+	ck.Unuse(nil, -1)
+	if err := ck.DiscardRange(2000, 3000); err != nil { // no use needed
+		t.Fatal(err)
+	}
+	c.Close()
+	c = openTest(t, dir, testOptions())
+	ck = mustCookie(t, mustVolume(t, c, "vol"), "f", "a", 10000)
+	ck.Use(false)
+	r, _ := ck.Present(0, 10000)
+	if len(r) != 2 || r[0] != (Range{0, 2000}) || r[1] != (Range{5000, 5000}) {
+		t.Fatalf("present after discard+reopen: %v", r)
+	}
+	if n, err := ck.ReadAt(make([]byte, 4000), 0); n != 2000 || !isNotCached(err) {
+		t.Fatalf("read across discarded range: %d %v", n, err)
+	}
+}

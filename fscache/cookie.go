@@ -38,6 +38,7 @@ type Cookie struct {
 	// pinFileHeld: the pin's fd is open and must stay open until unpin;
 	// an open while it is set is a writeback reopen (a bug, counted).
 	pinFileHeld bool
+	pinPending  int // pins being taken: the fd is being opened for them
 	dead        bool // relinquished or cache closed
 	gen         uint64
 	aux         []byte
@@ -130,16 +131,7 @@ func (ck *Cookie) unuse(pin bool, aux []byte, size int64) error {
 	ck.users--
 	if pin {
 		ck.pins--
-		if ck.pins == 0 {
-			ck.pinFileHeld = false
-			c.pinned--
-			if ck.file != nil && !ck.dead {
-				c.lru.Add(ck.k, ck)
-			}
-			close(c.pinChanged)
-			c.pinChanged = make(chan struct{})
-			c.slotFree.Broadcast()
-		}
+		c.releasePinLocked(ck)
 	} else if ck.users == 0 && ck.file != nil && !ck.dead {
 		c.lru.Add(ck.k, ck) // most recently used
 	}
@@ -190,10 +182,19 @@ func (ck *Cookie) pinUse() error {
 			c.st.pins.Add(1)
 			return nil
 		}
-		ck.mu.Unlock()
-		if c.pinned < c.opts.MaxPinned {
+		if ck.pinPending > 0 { // being pinned by another caller: join it
+			ck.pinPending++
+			ck.mu.Unlock()
 			break // c.mu held
 		}
+		if c.pinned < c.opts.MaxPinned {
+			// c.pinned counts cookies with pins+pinPending > 0.
+			c.pinned++
+			ck.pinPending++
+			ck.mu.Unlock()
+			break // c.mu held
+		}
+		ck.mu.Unlock()
 		ch := c.pinChanged
 		c.mu.Unlock()
 		if !waited {
@@ -214,24 +215,44 @@ func (ck *Cookie) pinUse() error {
 		}
 		t.Stop()
 	}
-	c.pinned++
-	ck.mu.Lock()
-	ck.pins++
-	ck.users++
-	ck.mu.Unlock()
-	c.lru.Remove(ck.k) // a pinned fd is never evicted
+	// Open the file before the pin becomes visible: whoever sees Pinned()
+	// may rely on the fd being open. pinPending keeps it from eviction.
+	c.lru.Remove(ck.k)
 	c.mu.Unlock()
-	c.st.pins.Add(1)
-	if err := c.ensureOpen(ck); err != nil {
-		ck.unuse(true, nil, -1)
+	err := c.ensureOpen(ck)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ck.mu.Lock()
+	defer ck.mu.Unlock()
+	ck.pinPending--
+	if err == nil && ck.file == nil {
+		err = ErrRelinquished // closed by Cache.Close meanwhile
+	}
+	if err != nil {
+		c.releasePinLocked(ck)
 		return err
 	}
-	ck.mu.Lock()
-	if ck.file != nil && ck.pins > 0 {
-		ck.pinFileHeld = true
-	}
-	ck.mu.Unlock()
+	ck.pins++
+	ck.users++
+	ck.pinFileHeld = true
+	c.st.pins.Add(1)
 	return nil
+}
+
+// releasePinLocked gives back ck's pinned slot once nothing pins it; c.mu
+// and ck.mu are held.
+func (c *Cache) releasePinLocked(ck *Cookie) {
+	if ck.pins > 0 || ck.pinPending > 0 {
+		return
+	}
+	ck.pinFileHeld = false
+	c.pinned--
+	if ck.file != nil && !ck.dead {
+		c.lru.Add(ck.k, ck)
+	}
+	close(c.pinChanged)
+	c.pinChanged = make(chan struct{})
+	c.slotFree.Broadcast()
 }
 
 // getFile returns the open backing file with a reference that keeps it
@@ -473,6 +494,34 @@ func (ck *Cookie) Invalidate(aux []byte, size int64) error {
 		return nil
 	}
 	return truncatePath(ck.path, 0)
+}
+
+// DiscardRange marks [off, off+n) absent without touching the backing
+// file or needing a use or an fd: for a filesystem that could not write
+// new data for the range to the cache (its cookie was not pinned when
+// writeback ran, or the cache stepped aside), so the cache must stop
+// serving its older copy. Like Invalidate it waits for I/O in flight.
+func (ck *Cookie) DiscardRange(off, n int64) error {
+	if off < 0 || n <= 0 {
+		return nil
+	}
+	c := ck.cache
+	ck.io.Lock()
+	defer ck.io.Unlock()
+	ck.mu.Lock()
+	defer ck.mu.Unlock()
+	if ck.dead {
+		return ErrRelinquished
+	}
+	if len(ck.extents.ranges(off, off+n)) == 0 {
+		return nil
+	}
+	if err := c.journal.commit(encDiscard(ck.k, off, n)); err != nil {
+		return err
+	}
+	ck.extents = ck.extents.remove(off, off+n)
+	c.st.discards.Add(1)
+	return nil
 }
 
 // Relinquish gives the cookie up, like fscache_relinquish_cookie: its fd

@@ -108,3 +108,24 @@ func (s extentSet) clone() extentSet {
 	}
 	return append(extentSet(nil), s...)
 }
+
+// remove marks [off, end) absent, splitting an extent that spans it.
+func (s extentSet) remove(off, end int64) extentSet {
+	if end <= off {
+		return s
+	}
+	var out extentSet
+	for _, e := range s {
+		if e.end <= off || e.off >= end {
+			out = append(out, e)
+			continue
+		}
+		if e.off < off {
+			out = append(out, extent{e.off, off})
+		}
+		if e.end > end {
+			out = append(out, extent{end, e.end})
+		}
+	}
+	return out
+}

@@ -39,6 +39,7 @@ const (
 	recResize  = 3 // object size changed; extents beyond it dropped
 	recAux     = 4 // coherency data and size updated
 	recDelete  = 5 // object removed (retired or culled)
+	recDiscard = 6 // a range became absent
 )
 
 // objRecord is the journal's view of one backing object.
@@ -207,6 +208,15 @@ func (j *journal) apply(p []byte) error {
 			j.used += o.extents.bytes() - before
 		}
 		o.aux, o.size = aux, size
+	case recDiscard:
+		off, n := d.varint(), d.varint()
+		o := j.objects[k]
+		if d.err != nil || o == nil {
+			return errors.Join(d.err, fmt.Errorf("fscache: bad discard record for %v", k))
+		}
+		before := o.extents.bytes()
+		o.extents = o.extents.remove(off, off+n)
+		j.used += o.extents.bytes() - before
 	case recDelete:
 		if d.err != nil {
 			return d.err
@@ -240,6 +250,12 @@ func encObject(k objKey, o *objRecord) []byte {
 
 func encPresent(k objKey, off, n int64) []byte {
 	p := append([]byte{recPresent}, k[:]...)
+	p = binary.AppendVarint(p, off)
+	return binary.AppendVarint(p, n)
+}
+
+func encDiscard(k objKey, off, n int64) []byte {
+	p := append([]byte{recDiscard}, k[:]...)
 	p = binary.AppendVarint(p, off)
 	return binary.AppendVarint(p, n)
 }

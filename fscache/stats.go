@@ -17,7 +17,7 @@ type counters struct {
 	readHits, readMisses, bytesRead              atomic.Int64
 	writes, bytesWritten, staleWrites            atomic.Int64
 	noSpaceWrites, invalidations, resizes        atomic.Int64
-	culled, cullPasses                           atomic.Int64
+	culled, cullPasses, discards                 atomic.Int64
 }
 
 // Stats is a snapshot of the cache's state and counters, the counterpart
@@ -56,6 +56,7 @@ type Stats struct {
 	Resizes          int64
 	Culled           int64 // objects culled
 	CullPasses       int64
+	Discards         int64 // DiscardRange calls that dropped data
 }
 
 // Stats returns a snapshot of the counters.
@@ -78,7 +79,7 @@ func (c *Cache) Stats() Stats {
 		ReadHits:  st.readHits.Load(), ReadMisses: st.readMisses.Load(), BytesRead: st.bytesRead.Load(),
 		Writes: st.writes.Load(), BytesWritten: st.bytesWritten.Load(), StaleWrites: st.staleWrites.Load(),
 		NoSpace: st.noSpaceWrites.Load(), Invalidations: st.invalidations.Load(), Resizes: st.resizes.Load(),
-		Culled: st.culled.Load(), CullPasses: st.cullPasses.Load(),
+		Culled: st.culled.Load(), CullPasses: st.cullPasses.Load(), Discards: st.discards.Load(),
 	}
 }
 
