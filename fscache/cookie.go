@@ -38,7 +38,7 @@ type Cookie struct {
 	// pinFileHeld: the pin's fd is open and must stay open until unpin;
 	// an open while it is set is a writeback reopen (a bug, counted).
 	pinFileHeld bool
-	pinPending  int // pins being taken: the fd is being opened for them
+	pinPending  int  // pins being taken: the fd is being opened for them
 	dead        bool // relinquished or cache closed
 	gen         uint64
 	aux         []byte
