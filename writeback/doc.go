@@ -71,7 +71,11 @@
 // admitted alone). The same wait bounds the inodes that are dirty or pinned
 // to Options.MaxPinnedInodes: the cache layer sets that to its open-file
 // budget, and its pin helper runs as MarkDirty's pin hook, after the
-// dirtying and before the inode can leave the bound.
+// dirtying and before the inode can leave the bound. An inode leaves the
+// bound only when it is clean, unpinned, and the WriteInode that dropped
+// its cache use has returned. (The cache may briefly count two uses for
+// one inode: a re-dirty can pin again while the old pin's WriteInode is
+// still running. That is one backing file, not two.)
 //
 // # Lock order
 //

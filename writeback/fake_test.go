@@ -21,8 +21,8 @@ type memFS struct {
 	cache    map[*Inode]map[int64]uint64 // page index -> version
 	store    map[*Inode]map[int64]uint64
 	uses     map[*Inode]int // cache uses held by pins
-	peakUses int            // max over time of the sum of uses
-	totUses  int
+	pinnedNow  int // inodes holding at least one cache use
+	peakPinned int // max over time of pinnedNow
 	ver      uint64
 	fail     int   // fail this many WritePages calls
 	partial  int64 // bytes a failing call reports as written
@@ -74,13 +74,17 @@ func (m *memFS) pin(ino *Inode) func() {
 		}
 		m.mu.Lock()
 		m.uses[ino]++
-		m.totUses++
-		m.peakUses = max(m.peakUses, m.totUses)
+		if m.uses[ino] == 1 {
+			m.pinnedNow++
+			m.peakPinned = max(m.peakPinned, m.pinnedNow)
+		}
 		m.mu.Unlock()
 		if !ino.SetPinningCacheWB() {
 			m.mu.Lock()
 			m.uses[ino]--
-			m.totUses--
+			if m.uses[ino] == 0 {
+				m.pinnedNow--
+			}
 			m.mu.Unlock()
 		}
 	}
@@ -141,7 +145,9 @@ func (m *memFS) WriteInode(ctx context.Context, ino *Inode, wbc *Control) error 
 	m.inodeWr++
 	if wbc.UnpinnedCacheWB {
 		m.uses[ino]--
-		m.totUses--
+		if m.uses[ino] == 0 {
+			m.pinnedNow--
+		}
 		if m.uses[ino] < 0 && m.badPin == nil {
 			m.badPin = errors.New("unpinned an inode that held no use")
 		}

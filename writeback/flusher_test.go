@@ -209,8 +209,9 @@ func TestThrottleBoundsDirtyBytes(t *testing.T) {
 }
 
 // TestMaxPinnedInodes: 16 writers each dirty their own inode (pinning it)
-// with MaxPinnedInodes=3: pins held at once never exceed 3, and all data
-// is written.
+// with MaxPinnedInodes=3: inodes holding a cache use at once never exceed
+// 3 (a slot is given back only after WriteInode dropped the use), and all
+// data is written.
 func TestMaxPinnedInodes(t *testing.T) {
 	m := newMemFS(t)
 	m.delay = 100 * time.Microsecond
@@ -238,7 +239,7 @@ func TestMaxPinnedInodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.mu.Lock()
-	peak := m.peakUses
+	peak := m.peakPinned
 	m.mu.Unlock()
 	s := f.Stats()
 	t.Logf("peak pins %d, throttle waits %d", peak, s.ThrottleWaits)

@@ -50,7 +50,8 @@ type Inode struct {
 	errSeen     bool   // the latest error was reported to someone
 	err         error  // latest recorded writeback error
 	syncCursor  ErrCursor
-	dirtiers    int // Flusher.MarkDirty calls between dirtying and pin hook
+	dirtiers    int  // Flusher.MarkDirty calls between dirtying and pin hook
+	unpinning   bool // pin cleared, WriteInode not yet returned (use not yet dropped)
 
 	holdsSlot bool // guarded by f.mu: counted in the MaxPinnedInodes bound
 }
@@ -287,7 +288,7 @@ func (i *Inode) maybeReleaseSlotLocked() {
 	if i.f == nil {
 		return
 	}
-	if i.state&(DirtyPages|PinningCacheWB) != 0 || i.dirtiers > 0 {
+	if i.state&(DirtyPages|PinningCacheWB) != 0 || i.dirtiers > 0 || i.unpinning {
 		return
 	}
 	f := i.f

@@ -149,6 +149,9 @@ func WriteSingleInode(ctx context.Context, fs Filesystem, ino *Inode, wbc *Contr
 			// the pin) or sees the bit clear afterwards and pins again.
 			ino.state &^= PinningCacheWB
 			unpinned = true
+			// The cache use goes only when WriteInode returns: until then
+			// the inode keeps its place in the pinned-inode bound.
+			ino.unpinning = true
 			if ino.f != nil {
 				ino.f.pinned.Add(-1)
 			}
@@ -175,7 +178,14 @@ func WriteSingleInode(ctx context.Context, fs Filesystem, ino *Inode, wbc *Contr
 	wbc.PagesWritten += written / PageSize
 
 	if written > 0 || inodeDirty || unpinned {
-		if err := fs.WriteInode(ctx, ino, wbc); err != nil {
+		err := fs.WriteInode(ctx, ino, wbc)
+		if unpinned {
+			ino.mu.Lock()
+			ino.unpinning = false
+			ino.maybeReleaseSlotLocked()
+			ino.mu.Unlock()
+		}
+		if err != nil {
 			err = fmt.Errorf("writeback: write inode: %w", err)
 			ino.mu.Lock()
 			if ctx.Err() == nil {
