@@ -17,21 +17,21 @@ import (
 type memFS struct {
 	t *testing.T
 
-	mu       sync.Mutex
-	cache    map[*Inode]map[int64]uint64 // page index -> version
-	store    map[*Inode]map[int64]uint64
-	uses     map[*Inode]int // cache uses held by pins
-	pinnedNow  int // inodes holding at least one cache use
-	peakPinned int // max over time of pinnedNow
-	ver      uint64
-	fail     int   // fail this many WritePages calls
-	partial  int64 // bytes a failing call reports as written
-	delay    time.Duration
-	block    chan struct{} // if set, WritePages waits for it to close
-	entered  chan struct{} // if set, signalled when WritePages starts
-	calls    int
-	inodeWr  int
-	badPin   error // first pin-protocol violation seen
+	mu         sync.Mutex
+	cache      map[*Inode]map[int64]uint64 // page index -> version
+	store      map[*Inode]map[int64]uint64
+	uses       map[*Inode]int // cache uses held by pins
+	pinnedNow  int            // inodes holding at least one cache use
+	peakPinned int            // max over time of pinnedNow
+	ver        uint64
+	fail       int   // fail this many WritePages calls
+	partial    int64 // bytes a failing call reports as written
+	delay      time.Duration
+	block      chan struct{} // if set, WritePages waits for it to close
+	entered    chan struct{} // if set, signalled when WritePages starts
+	calls      int
+	inodeWr    int
+	badPin     error // first pin-protocol violation seen
 
 	onWritePages func(ino *Inode)
 }
