@@ -1,0 +1,110 @@
+// Package billyfs is a billy.Filesystem (go-billy v5) over a remote NFSv3
+// export (RFC 1813) whose file data is cached on local disk through fscache
+// and written back through writeback — the arrangement of the Linux NFS
+// client with FS-Cache (fs/nfs + fs/netfs + fs/fscache + cachefiles), in Go.
+//
+//	fsys, err := billyfs.New(ctx, billyfs.Options{Addr: "127.0.0.1:2049", CacheDir: "/var/cache/app"})
+//	f, _ := fsys.Create("dir/file")   // parents are created, as osfs does
+//	f.Write(data)                     // into the cache, dirty
+//	f.Close()                         // WRITE (UNSTABLE) + COMMIT, errors reported
+//	fsys.Close()                      // sync, release cookies and fds, unmount
+//
+// # Inodes and cookies
+//
+// Each remote regular file this FS has opened is an inode keyed by its NFS
+// file handle (struct nfs_inode). With a cache, the inode holds an fscache
+// cookie (volume key "nfs3:" + server address + export, cookie key the file
+// handle bytes, aux data the file's size, mtime and ctime, like
+// nfs_fscache_inode_auxdata) and a writeback.Inode. Every open File takes a
+// cookie use (fscache_use_cookie in nfs_open) and Close drops it
+// (fscache_unuse_cookie in nfs_release), recording the current aux data.
+// Inodes no file has open stay in memory (their backing fds in fscache's
+// LRU) until more than Options.MaxInodes exist; eviction drops a writeback
+// pin still held (fscache_clear_inode_writeback) and relinquishes the
+// cookie, keeping its data for the next open.
+//
+// # Reads
+//
+// A read is served from the cache when the range is present
+// (fscache_read). A miss reads the missing range plus a read-ahead window
+// from the server with client.ReadAt (concurrent READs of rsize), stores the
+// parts the cache does not hold (never over locally written data; refused
+// by the cookie generation if the file was invalidated meanwhile) and
+// serves the caller from the cache. The window starts at 256 KiB and doubles
+// while reads are sequential, up to Options.ReadAhead (the kernel's
+// on-demand readahead). Without a cache, a File keeps a read-ahead buffer
+// of the same window for small sequential reads.
+//
+// # Writes and writeback: the pinning mechanism
+//
+// A write goes into the cache file, then Flusher.MarkDirty records the
+// page-aligned range dirty (set_page_dirty + balance_dirty_pages, which may
+// throttle the writer) and, as its pin hook, fscache.SetPageDirty sets
+// PinningCacheWB and takes a cookie use once per dirty period
+// (fscache_dirty_folio), so writeback never has to reopen the backing file.
+// Writeback (the flusher after Options.DirtyExpire, under memory or pin
+// pressure, or Sync/Close) calls our WritePages: the present bytes of each
+// dirty extent are sent with UNSTABLE WRITEs (client.WriteAtFrom, which
+// re-reads them from the cache should the server's write verifier change)
+// followed by a COMMIT (nfs_writepages + nfs_commit_inode). When the last
+// dirty page is clean, writeback clears PinningCacheWB atomically with that
+// check and our WriteInode calls fscache.UnpinWriteback (->write_inode →
+// fscache_unpin_writeback).
+//
+// Without a cache (empty CacheDir) writes go straight to the server as
+// UNSTABLE WRITEs (client.WriteAt keeps a copy until COMMIT) and Close/Sync
+// COMMIT them.
+//
+// If the cache steps aside (fscache.ErrCacheUnavailable: ENOSPC, bstop, a
+// failed backing write), the inode's dirty data is written back, its cache
+// object invalidated, and its I/O goes to the server until the last close:
+// nothing is lost.
+//
+// # Coherency: close-to-open
+//
+// As the Linux NFS client: File.Close and File.Sync write back and COMMIT
+// the file's dirty data and return any writeback error not yet reported to
+// that File (errseq, file->f_wb_err); FS.Sync does it for every file. Open
+// always revalidates with the server (GETATTR, or the attributes of the
+// LOOKUP/CREATE it just did); if size, mtime or ctime differ from what the
+// inode last knew, the cookie is invalidated (fscache_invalidate). The
+// inode adopts the post-operation attributes the server returns for our
+// own COMMIT and SETATTR (wcc_data, RFC 1813 §2.6), so our own writes never
+// make us discard our own cache. A change made by another client between
+// our last write and our COMMIT is not detected (the same weakness as
+// wcc_data without pre-op attributes); nor is one that keeps size, mtime
+// and ctime equal.
+//
+// Attributes and directory entries are cached for Options.AttrTimeout
+// (acregmin/acdirmin); Stat and ReadDir may show another client's change
+// that late; open does not. A stale handle (NFS3ERR_STALE) makes the FS
+// forget its cached names and look the path up again.
+//
+// # Paths
+//
+// Names behave like go-billy's osfs (a chroot helper over the OS): "/" and
+// "" are the FS root, names are cleaned, ".." above the root is
+// billy.ErrCrossedBoundary, Create/Symlink/Rename create missing parent
+// directories, and Chroot returns an *FS rooted lower. Symbolic links are
+// followed by billyfs itself (up to 40, then ELOOP); an absolute target
+// means the FS root and is stored as an export path, and a link inside a
+// chroot that leads out of it is billy.ErrCrossedBoundary.
+//
+// # Errors
+//
+// Every error leaves billyfs as a *fs.PathError whose Err is a
+// syscall.Errno (from client's one NFS3ERR→errno table), so os.IsNotExist,
+// os.IsExist and errors.Is(err, fs.ErrNotExist) hold — except
+// billy.ErrCrossedBoundary, returned bare as go-billy expects. Lock/Unlock
+// are no-ops (no NLM) and Capabilities does not report LockCapability.
+//
+// # Concurrency
+//
+// FS and File are safe for concurrent use by many goroutines; a server such
+// as go-nfs calls them from many connections at once. Close must not race
+// with other calls. Lock order: state.mu → inode.mu; inode.revalMu and
+// inode.fillMu are taken before inode.mu and never while holding
+// state.mu; File.mu is taken before all of them. No lock of this package is
+// held while calling client, fscache or writeback, except inode.fillMu
+// (an I/O ordering lock) around cookie writes and invalidation.
+package billyfs

@@ -1,0 +1,328 @@
+package billyfs
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/go-git/go-billy/v5"
+	"github.com/nfscache/nfscache/client"
+	"github.com/nfscache/nfscache/fscache"
+	"github.com/nfscache/nfscache/writeback"
+)
+
+// FS is a billy.Filesystem over one NFSv3 export, with file data cached in
+// a local fscache directory (or not, without Options.CacheDir). Chroot
+// returns another *FS sharing the same connection, cache and inodes.
+//
+// Concurrency: every method of FS and of its files is safe for concurrent
+// use by many goroutines (go-nfs calls a served filesystem from many
+// connections at once). Close must not run concurrently with other calls;
+// after it every call fails with EBADF.
+type FS struct {
+	s    *state
+	base string // slash path from the export root, "/" for the root FS
+}
+
+// state is what every chroot of one FS shares.
+//
+// Lock order: state.mu → inode.mu (taken inside state.mu only to read or set
+// plain fields). No lock is held while calling client, fscache or writeback.
+type state struct {
+	opts    Options
+	log     *slog.Logger
+	clnt    *client.Client
+	cache   *fscache.Cache     // nil without CacheDir
+	vol     *fscache.Volume    // nil without CacheDir
+	flusher *writeback.Flusher // nil without CacheDir
+	ctx     context.Context    // cancelled by Close
+	cancel  context.CancelFunc
+
+	mu       sync.Mutex
+	closed   bool
+	dentries map[string]dentry    // dir handle + "/" + name → child
+	attrs    map[string]attrEntry // handle → attributes
+	inodes   map[string]*inode    // handle → live inode
+	idle     *list.List           // of *inode with no open file, oldest first
+}
+
+type dentry struct {
+	fh client.Handle
+	at time.Time
+}
+
+type attrEntry struct {
+	attr client.Attr
+	at   time.Time
+}
+
+// New mounts opts.Export at opts.Addr and, with opts.CacheDir, opens the
+// local cache. ctx bounds the mount only.
+func New(ctx context.Context, opts Options) (*FS, error) {
+	opts = opts.withDefaults()
+	if opts.Addr == "" {
+		return nil, errors.New("billyfs: Options.Addr is required")
+	}
+	clnt, err := client.Dial(ctx, opts.Addr, client.Options{
+		Export:      opts.Export,
+		Portmap:     opts.Portmap,
+		Connections: opts.Connections,
+		UID:         opts.UID,
+		GID:         opts.GID,
+		Timeout:     opts.Timeout,
+		Logger:      opts.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("billyfs: mounting %s:%s: %w", opts.Addr, opts.Export, err)
+	}
+	s := &state{
+		opts:     opts,
+		log:      opts.Logger,
+		clnt:     clnt,
+		dentries: make(map[string]dentry),
+		attrs:    make(map[string]attrEntry),
+		inodes:   make(map[string]*inode),
+		idle:     list.New(),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if opts.CacheDir != "" {
+		maxPinned := max(1, opts.MaxOpenFiles*3/4)
+		cache, err := fscache.Open(opts.CacheDir, fscache.Options{
+			MaxOpenFiles: opts.MaxOpenFiles,
+			MaxPinned:    maxPinned,
+			MaxBytes:     opts.CacheMaxBytes,
+			// The pin-pressure hook kicks the flusher, which exists by
+			// the time a file can be dirtied.
+			PinPressure: func() { s.flusher.StartWriteback() },
+			Logger:      opts.Logger,
+		})
+		if err != nil {
+			clnt.Close()
+			s.cancel()
+			return nil, fmt.Errorf("billyfs: opening cache: %w", err)
+		}
+		vol, err := cache.AcquireVolume([]byte("nfs3:" + opts.Addr + ":" + opts.Export))
+		if err != nil {
+			cache.Close()
+			clnt.Close()
+			s.cancel()
+			return nil, fmt.Errorf("billyfs: cache volume: %w", err)
+		}
+		s.cache, s.vol = cache, vol
+		s.flusher = writeback.New(wbFilesystem{s}, writeback.Options{
+			DirtyExpire:     opts.DirtyExpire,
+			DirtyLimitBytes: opts.DirtyLimitBytes,
+			MaxPinnedInodes: maxPinned,
+			Logger:          opts.Logger,
+		})
+	}
+	return &FS{s: s, base: "/"}, nil
+}
+
+// Sync writes back every dirty byte (UNSTABLE WRITE + COMMIT) and reports
+// the writeback errors not reported yet.
+func (f *FS) Sync() error {
+	return f.s.sync(f.s.ctx)
+}
+
+func (s *state) sync(ctx context.Context) error {
+	var errs []error
+	if s.flusher != nil {
+		errs = append(errs, s.flusher.SyncAll(ctx))
+	}
+	for _, ino := range s.liveInodes() {
+		errs = append(errs, ino.commitThrough(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+func (s *state) liveInodes() []*inode {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*inode, 0, len(s.inodes))
+	for _, ino := range s.inodes {
+		out = append(out, ino)
+	}
+	return out
+}
+
+// Close syncs, then releases every cookie and backing fd, closes the cache
+// and unmounts. Files still open become unusable (their cache uses are
+// dropped). Closing a chroot of an FS closes the whole FS.
+func (f *FS) Close() error {
+	s := f.s
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	var errs []error
+	if s.flusher != nil {
+		// Close writes back everything and stops the flusher.
+		errs = append(errs, s.flusher.Close())
+	}
+	for _, ino := range s.liveInodes() {
+		errs = append(errs, ino.commitThrough(s.ctx))
+	}
+	s.mu.Lock()
+	s.closed = true
+	inodes := make([]*inode, 0, len(s.inodes))
+	for _, ino := range s.inodes {
+		inodes = append(inodes, ino)
+	}
+	clear(s.inodes)
+	s.idle.Init()
+	s.mu.Unlock()
+	for _, ino := range inodes {
+		errs = append(errs, ino.release(false, true))
+	}
+	if s.cache != nil {
+		errs = append(errs, s.cache.Close())
+	}
+	errs = append(errs, s.clnt.Close())
+	s.cancel()
+	return errors.Join(errs...)
+}
+
+// Stats is a snapshot of an FS's counters.
+type Stats struct {
+	Cache     fscache.Stats   // zero without a cache
+	RPC       client.Stats    // per-procedure NFS/MOUNT calls
+	Writeback writeback.Stats // zero without a cache
+	Inodes    int             // inodes in memory
+}
+
+// Stats returns the fscache stats, the client's RPC counts and the writeback
+// counters.
+func (f *FS) Stats() Stats {
+	s := f.s
+	st := Stats{RPC: s.clnt.Stats()}
+	if s.cache != nil {
+		st.Cache = s.cache.Stats()
+		st.Writeback = s.flusher.Stats()
+	}
+	s.mu.Lock()
+	st.Inodes = len(s.inodes)
+	s.mu.Unlock()
+	return st
+}
+
+// Capabilities reports what works: read, write, read-write opens, seek and
+// truncate. Not LockCapability: NFSv3 locking is the NLM side protocol,
+// which billyfs does not speak, so Lock/Unlock are no-ops.
+func (f *FS) Capabilities() billy.Capability {
+	return billy.WriteCapability | billy.ReadCapability | billy.ReadAndWriteCapability |
+		billy.SeekCapability | billy.TruncateCapability
+}
+
+// Join joins path elements like filepath.Join (as go-billy's osfs).
+func (f *FS) Join(elem ...string) string { return filepath.Join(elem...) }
+
+// Root is the path of this FS's root inside the export ("/" for the FS New
+// returned).
+func (f *FS) Root() string { return f.base }
+
+// Chroot returns an FS rooted at path (relative to this FS's root). It
+// shares connection, cache and inodes with f. Symbolic links inside it
+// resolve within it: a link leading out fails with billy.ErrCrossedBoundary,
+// as go-billy's chroot helper does.
+func (f *FS) Chroot(path string) (billy.Filesystem, error) {
+	rel, err := cleanRel(path)
+	if err != nil {
+		return nil, err
+	}
+	return &FS{s: f.s, base: joinSlash(f.base, rel)}, nil
+}
+
+// --- attribute and directory-entry cache ---
+
+func dkey(dir client.Handle, name string) string { return string(dir) + "/" + name }
+
+func (s *state) cachedChild(dir client.Handle, name string) (client.Handle, bool) {
+	if s.opts.AttrTimeout < 0 {
+		return nil, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.dentries[dkey(dir, name)]
+	if !ok || time.Since(d.at) > s.opts.AttrTimeout {
+		return nil, false
+	}
+	return d.fh, true
+}
+
+func (s *state) putChild(dir client.Handle, name string, fh client.Handle) {
+	if s.opts.AttrTimeout < 0 {
+		return
+	}
+	s.mu.Lock()
+	s.dentries[dkey(dir, name)] = dentry{fh: fh, at: time.Now()}
+	s.mu.Unlock()
+}
+
+func (s *state) dropChild(dir client.Handle, name string) {
+	s.mu.Lock()
+	delete(s.dentries, dkey(dir, name))
+	s.mu.Unlock()
+}
+
+// purgeNames forgets every cached directory entry: after a stale handle.
+func (s *state) purgeNames() {
+	s.mu.Lock()
+	clear(s.dentries)
+	clear(s.attrs)
+	s.mu.Unlock()
+}
+
+func (s *state) cachedAttr(fh client.Handle) (client.Attr, bool) {
+	if s.opts.AttrTimeout < 0 {
+		return client.Attr{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.attrs[string(fh)]
+	if !ok || time.Since(a.at) > s.opts.AttrTimeout {
+		return client.Attr{}, false
+	}
+	return a.attr, true
+}
+
+func (s *state) putAttr(fh client.Handle, a *client.Attr) {
+	if a == nil {
+		s.dropAttr(fh)
+		return
+	}
+	if s.opts.AttrTimeout < 0 {
+		return
+	}
+	s.mu.Lock()
+	s.attrs[string(fh)] = attrEntry{attr: *a, at: time.Now()}
+	s.mu.Unlock()
+}
+
+func (s *state) dropAttr(fh client.Handle) {
+	s.mu.Lock()
+	delete(s.attrs, string(fh))
+	s.mu.Unlock()
+}
+
+// getattr returns fh's attributes from the cache if fresh, else by GETATTR.
+func (s *state) getattr(ctx context.Context, fh client.Handle, fresh bool) (client.Attr, error) {
+	if !fresh {
+		if a, ok := s.cachedAttr(fh); ok {
+			return a, nil
+		}
+	}
+	a, err := s.clnt.Getattr(ctx, fh)
+	if err != nil {
+		return client.Attr{}, err
+	}
+	s.putAttr(fh, a)
+	return *a, nil
+}

@@ -1,0 +1,665 @@
+package billyfs
+
+import (
+	"container/list"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/nfscache/nfscache/client"
+	"github.com/nfscache/nfscache/fscache"
+	"github.com/nfscache/nfscache/writeback"
+)
+
+// inode is one remote regular file known to this FS: its handle, the
+// attributes last seen (including the effect of our own writes), its local
+// size, its fscache cookie and its writeback state.
+//
+// Concurrency: opens and elem are guarded by state.mu; the fields under mu
+// by mu. fillMu orders cache fills from the server (exclusive) against
+// local writes into the cache (shared), so a fill never overwrites data
+// written locally. revalMu serializes revalidations at open.
+type inode struct {
+	s  *state
+	fh client.Handle
+	wb *writeback.Inode // nil without a cache
+	ck *fscache.Cookie  // nil without a cache, or when the cache refused the cookie
+
+	ready chan struct{} // closed when wb/ck are set
+
+	fillMu  sync.RWMutex
+	revalMu sync.Mutex
+
+	// guarded by state.mu
+	opens int
+	elem  *list.Element // in state.idle while opens == 0
+
+	mu         sync.Mutex
+	attr       client.Attr // server attributes as last known
+	size       int64       // local file size (grows with our writes)
+	needCommit bool        // data written through (UNSTABLE) not yet committed
+	bypass     bool        // the cache stepped aside: I/O goes to the server until the last close
+	gen        uint64      // bumped by every local change (invalidates read-ahead buffers)
+	removed    bool        // we removed the file
+}
+
+// aux is the cookie's coherency data: size, mtime and ctime (what the Linux
+// NFS client keeps in struct nfs_fscache_inode_auxdata).
+func aux(a client.Attr) []byte {
+	b := make([]byte, 24)
+	binary.BigEndian.PutUint64(b[0:], a.Size)
+	binary.BigEndian.PutUint64(b[8:], uint64(a.Mtime.UnixNano()))
+	binary.BigEndian.PutUint64(b[16:], uint64(a.Ctime.UnixNano()))
+	return b
+}
+
+func sameVersion(a, b client.Attr) bool {
+	return a.Size == b.Size && a.Mtime.Equal(b.Mtime) && a.Ctime.Equal(b.Ctime)
+}
+
+// getInode returns the inode for fh with one open counted, creating it (and
+// acquiring its cookie) if needed, and revalidates it against attr, fresh
+// from the server (close-to-open).
+func (s *state) getInode(ctx context.Context, fh client.Handle, attr client.Attr) (*inode, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errFSClosed
+	}
+	ino := s.inodes[string(fh)]
+	if ino != nil {
+		ino.opens++
+		if ino.elem != nil {
+			s.idle.Remove(ino.elem)
+			ino.elem = nil
+		}
+		s.mu.Unlock()
+		<-ino.ready
+		if err := ino.revalidate(ctx, attr); err != nil {
+			s.putInode(ino)
+			return nil, err
+		}
+		return ino, nil
+	}
+	ino = &inode{s: s, fh: fh, ready: make(chan struct{}), opens: 1, attr: attr, size: int64(attr.Size)}
+	s.inodes[string(fh)] = ino
+	s.mu.Unlock()
+	if s.vol != nil {
+		ino.wb = s.flusher.NewInode(ino)
+		ino.wb.ExtendSize(int64(attr.Size))
+		for try := 0; ; try++ {
+			ck, err := s.vol.AcquireCookie([]byte(fh), aux(attr), int64(attr.Size))
+			if err == nil {
+				ino.ck = ck
+				break
+			}
+			// An evicted inode of the same handle may still be
+			// relinquishing its cookie.
+			if !errors.Is(err, fscache.ErrAlreadyAcquired) || try >= 50 {
+				s.log.Warn("billyfs: no cache cookie, file goes straight to the server", "handle", fh.String(), "err", err)
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	close(ino.ready)
+	return ino, nil
+}
+
+// putInode drops an open; an inode without opens goes to the idle list and
+// the oldest idle inodes beyond Options.MaxInodes are evicted.
+func (s *state) putInode(ino *inode) {
+	s.mu.Lock()
+	ino.opens--
+	if ino.opens == 0 && s.inodes[string(ino.fh)] == ino {
+		ino.elem = s.idle.PushBack(ino)
+	}
+	s.mu.Unlock()
+	s.evictIdle()
+}
+
+// evictIdle is inode eviction (evict → fscache_clear_inode_writeback →
+// relinquish): clean idle inodes beyond MaxInodes give up their cookies.
+func (s *state) evictIdle() {
+	for {
+		s.mu.Lock()
+		if len(s.inodes) <= s.opts.MaxInodes || s.idle.Len() == 0 {
+			s.mu.Unlock()
+			return
+		}
+		ino := s.idle.Remove(s.idle.Front()).(*inode)
+		ino.elem = nil
+		s.mu.Unlock()
+		if ino.dirty() {
+			// Writeback has not cleaned it yet: keep it, retry later.
+			s.mu.Lock()
+			if ino.opens == 0 && ino.elem == nil && s.inodes[string(ino.fh)] == ino {
+				ino.elem = s.idle.PushBack(ino)
+			}
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Lock()
+		if ino.opens > 0 || ino.elem != nil || s.inodes[string(ino.fh)] != ino {
+			s.mu.Unlock()
+			continue
+		}
+		delete(s.inodes, string(ino.fh))
+		s.mu.Unlock()
+		if err := ino.release(false, false); err != nil {
+			s.log.Warn("billyfs: evicting inode", "handle", ino.fh.String(), "err", err)
+		}
+	}
+}
+
+// forgetInode is called after we removed fh: dirty data of it is dropped
+// and, if no file has it open, its cached data retired.
+func (s *state) forgetInode(fh client.Handle) {
+	s.dropAttr(fh)
+	s.mu.Lock()
+	ino := s.inodes[string(fh)]
+	if ino == nil {
+		s.mu.Unlock()
+		s.clnt.Forget(fh)
+		return
+	}
+	idle := ino.opens == 0
+	if idle {
+		delete(s.inodes, string(fh))
+		if ino.elem != nil {
+			s.idle.Remove(ino.elem)
+			ino.elem = nil
+		}
+	}
+	s.mu.Unlock()
+	<-ino.ready
+	ino.mu.Lock()
+	ino.removed = true
+	ino.needCommit = false
+	ino.mu.Unlock()
+	if ino.wb != nil {
+		// truncate_inode_pages: the file is gone, its dirty pages too.
+		ino.wb.Truncate(0)
+	}
+	if idle {
+		if err := ino.release(true, false); err != nil {
+			s.log.Warn("billyfs: retiring removed file", "handle", fh.String(), "err", err)
+		}
+		s.clnt.Forget(fh)
+	}
+}
+
+// release gives up the inode's cookie (retiring its data if retire). With
+// force, cache uses still held by open files are dropped too (FS.Close).
+func (ino *inode) release(retire, force bool) error {
+	if ino.ck == nil {
+		return nil
+	}
+	ino.mu.Lock()
+	a, size := aux(ino.attr), ino.size
+	ino.mu.Unlock()
+	var errs []error
+	if ino.wb != nil {
+		errs = append(errs, fscache.ClearInodeWriteback(ino.wb, ino.ck, a))
+	}
+	if force {
+		for ino.ck.Users() > 0 {
+			if err := ino.ck.Unuse(a, size); err != nil {
+				break
+			}
+		}
+	}
+	errs = append(errs, ino.ck.Relinquish(retire))
+	return errors.Join(errs...)
+}
+
+// dirty reports whether the inode holds data not yet on the server's stable
+// storage.
+func (ino *inode) dirty() bool {
+	ino.mu.Lock()
+	nc := ino.needCommit
+	ino.mu.Unlock()
+	if nc {
+		return true
+	}
+	return ino.wb != nil && ino.wb.State()&(writeback.DirtyPages|writeback.PinningCacheWB) != 0
+}
+
+func (ino *inode) localSize() int64 {
+	ino.mu.Lock()
+	defer ino.mu.Unlock()
+	return ino.size
+}
+
+func (ino *inode) generation() uint64 {
+	ino.mu.Lock()
+	defer ino.mu.Unlock()
+	return ino.gen
+}
+
+// cached reports whether I/O may use the cache.
+func (ino *inode) cached() bool {
+	if ino.ck == nil {
+		return false
+	}
+	ino.mu.Lock()
+	defer ino.mu.Unlock()
+	return !ino.bypass
+}
+
+// adopt records attributes the server returned for our own operation
+// (wcc_data after a WRITE/COMMIT/SETATTR): our changes must not make the
+// next open invalidate our own cache.
+func (ino *inode) adopt(a *client.Attr) {
+	if a == nil {
+		return
+	}
+	ino.mu.Lock()
+	ino.attr = *a
+	ino.size = max(ino.size, int64(a.Size))
+	ino.mu.Unlock()
+	ino.s.putAttr(ino.fh, a)
+}
+
+// refreshAttr adopts post-op attributes, or fetches them if the reply had
+// none.
+func (ino *inode) refreshAttr(ctx context.Context, a *client.Attr) {
+	if a == nil {
+		got, err := ino.s.clnt.Getattr(ctx, ino.fh)
+		if err != nil {
+			ino.s.dropAttr(ino.fh)
+			return
+		}
+		a = got
+	}
+	ino.adopt(a)
+}
+
+// flush writes back and commits everything dirty of the inode.
+func (ino *inode) flush(ctx context.Context) error {
+	var errs []error
+	if ino.wb != nil {
+		errs = append(errs, ino.s.flusher.Sync(ctx, ino.wb))
+	}
+	errs = append(errs, ino.commitThrough(ctx))
+	return errors.Join(errs...)
+}
+
+// revalidate is the open half of close-to-open (nfs_revalidate_inode at
+// open): if the server's size/mtime/ctime differ from what we last knew
+// (our own writes included), the cached data is another version of the
+// file and is invalidated (fscache_invalidate). Our unwritten data is
+// written back first, so it is neither lost nor mistaken for a remote
+// change.
+func (ino *inode) revalidate(ctx context.Context, server client.Attr) error {
+	ino.revalMu.Lock()
+	defer ino.revalMu.Unlock()
+	ino.mu.Lock()
+	same := sameVersion(ino.attr, server)
+	ino.mu.Unlock()
+	if same {
+		return nil
+	}
+	if ino.dirty() {
+		if err := ino.flush(ctx); err != nil {
+			return err
+		}
+		a, err := ino.s.getattr(ctx, ino.fh, true)
+		if err != nil {
+			return err
+		}
+		server = a
+		ino.mu.Lock()
+		same = sameVersion(ino.attr, server)
+		ino.mu.Unlock()
+		if same {
+			return nil
+		}
+	}
+	ino.mu.Lock()
+	ino.attr = server
+	ino.size = int64(server.Size)
+	ino.gen++
+	ino.mu.Unlock()
+	if ino.wb != nil {
+		ino.wb.Truncate(int64(server.Size))
+	}
+	if ino.ck != nil {
+		ino.fillMu.Lock()
+		err := ino.ck.Invalidate(aux(server), int64(server.Size))
+		ino.fillMu.Unlock()
+		if err != nil {
+			ino.s.log.Warn("billyfs: invalidating cache", "handle", ino.fh.String(), "err", err)
+			ino.setBypass()
+		}
+	}
+	return nil
+}
+
+func (ino *inode) setBypass() {
+	ino.mu.Lock()
+	ino.bypass = true
+	ino.mu.Unlock()
+}
+
+// --- data path ---
+
+// readAt reads p at off: from the cache, filling misses from the server
+// with a read-ahead window of ra bytes; or straight from the server.
+func (ino *inode) readAt(ctx context.Context, p []byte, off int64, ra int) (int, error) {
+	size := ino.localSize()
+	if off >= size {
+		return 0, io.EOF
+	}
+	want := p[:min(int64(len(p)), size-off)]
+	var err error
+	if ino.cached() {
+		var n int
+		n, err = ino.readCached(ctx, want, off, ra)
+		if err == nil {
+			if len(want) < len(p) {
+				return n, io.EOF
+			}
+			return n, nil
+		}
+		ino.s.log.Debug("billyfs: cached read failed, reading from the server", "handle", ino.fh.String(), "err", err)
+		// Whatever the cache did, the server has every byte once
+		// our dirty data is written back.
+		if err := ino.flush(ctx); err != nil {
+			return 0, err
+		}
+	}
+	n, err := ino.readServer(ctx, want, off)
+	if err != nil {
+		return n, err
+	}
+	if len(want) < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// readServer reads want at off from the server; bytes past the server's end
+// of file but inside our local size are zeros (a hole we extended over).
+func (ino *inode) readServer(ctx context.Context, want []byte, off int64) (int, error) {
+	n, err := ino.s.clnt.ReadAt(ctx, ino.fh, want, off)
+	if err == io.EOF {
+		clear(want[n:])
+		return len(want), nil
+	}
+	if err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+func (ino *inode) readCached(ctx context.Context, want []byte, off int64, ra int) (int, error) {
+	n, err := ino.ck.ReadAt(want, off)
+	if n == len(want) {
+		return n, nil
+	}
+	if err != nil && !errors.Is(err, fscache.ErrNotCached) && !errors.Is(err, io.EOF) {
+		return 0, err
+	}
+	if err := ino.fill(ctx, off+int64(n), max(int64(len(want)-n), int64(ra))); err != nil {
+		return 0, err
+	}
+	m, err := ino.ck.ReadAt(want[n:], off+int64(n))
+	if n+m == len(want) {
+		return len(want), nil
+	}
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return 0, err
+}
+
+// fill reads [off, off+n) (clipped to the local size) from the server and
+// stores the parts the cache does not hold. Data written locally meanwhile
+// is present and therefore never overwritten; data of an older file
+// version is refused by the cookie generation check.
+func (ino *inode) fill(ctx context.Context, off, n int64) error {
+	size := ino.localSize()
+	end := min(off+n, size)
+	if end <= off {
+		return nil
+	}
+	gen := ino.ck.Generation()
+	buf := make([]byte, end-off)
+	if _, err := ino.readServer(ctx, buf, off); err != nil {
+		return err
+	}
+	ino.fillMu.Lock()
+	defer ino.fillMu.Unlock()
+	present, err := ino.ck.Present(off, end-off)
+	if err != nil {
+		return err
+	}
+	at := off
+	store := func(lo, hi int64) error {
+		if hi <= lo {
+			return nil
+		}
+		_, err := ino.ck.WriteAtGeneration(buf[lo-off:hi-off], lo, gen)
+		return err
+	}
+	for _, r := range present {
+		if err := store(at, r.Off); err != nil {
+			return err
+		}
+		at = max(at, r.End())
+	}
+	return store(at, end)
+}
+
+// writeAt writes p at off: into the cache, dirtying it through writeback
+// (which pins the cookie, fscache_dirty_folio); or through to the server
+// when there is no cache or it stepped aside.
+func (ino *inode) writeAt(ctx context.Context, p []byte, off int64) error {
+	if len(p) == 0 {
+		return nil
+	}
+	if ino.cached() {
+		err := ino.writeCached(ctx, p, off)
+		if err == nil {
+			return nil
+		}
+		ino.s.log.Warn("billyfs: cache write failed, writing through to the server", "handle", ino.fh.String(), "err", err)
+		// The cache may hold a torn range now: write our dirty data
+		// back, then stop using the cache for this inode until its
+		// last close.
+		ino.setBypass()
+		if err := ino.flush(ctx); err != nil {
+			return err
+		}
+		ino.mu.Lock()
+		a, size := aux(ino.attr), ino.size
+		ino.mu.Unlock()
+		ino.fillMu.Lock()
+		if err := ino.ck.Invalidate(a, size); err != nil {
+			ino.s.log.Warn("billyfs: invalidating cache after failed write", "err", err)
+		}
+		ino.fillMu.Unlock()
+	}
+	return ino.writeThrough(ctx, p, off)
+}
+
+func (ino *inode) writeCached(ctx context.Context, p []byte, off int64) error {
+	ino.fillMu.RLock()
+	_, err := ino.ck.WriteAt(p, off)
+	ino.fillMu.RUnlock()
+	if err != nil {
+		return err
+	}
+	end := off + int64(len(p))
+	ino.mu.Lock()
+	ino.size = max(ino.size, end)
+	ino.gen++
+	ino.mu.Unlock()
+	ino.wb.ExtendSize(end)
+	var pinErr error
+	err = ino.s.flusher.MarkDirty(ctx, ino.wb, off, int64(len(p)), func() {
+		pinErr = fscache.SetPageDirty(ino.wb, ino.ck)
+	})
+	if err != nil {
+		return err
+	}
+	if pinErr != nil {
+		// The pages are dirty but not pinned: writeback will still find
+		// them in the cache file; send this write through as well so
+		// nothing depends on the unpinned backing file.
+		return ino.writeThrough(ctx, p, off)
+	}
+	return nil
+}
+
+func (ino *inode) writeThrough(ctx context.Context, p []byte, off int64) error {
+	if _, err := ino.s.clnt.WriteAt(ctx, ino.fh, p, off); err != nil {
+		return err
+	}
+	ino.mu.Lock()
+	ino.needCommit = true
+	ino.size = max(ino.size, off+int64(len(p)))
+	ino.gen++
+	ino.mu.Unlock()
+	return nil
+}
+
+// commitThrough COMMITs data written through (WriteAt keeps it until then
+// and resends it if the server's verifier changed).
+func (ino *inode) commitThrough(ctx context.Context) error {
+	ino.mu.Lock()
+	if !ino.needCommit {
+		ino.mu.Unlock()
+		return nil
+	}
+	ino.needCommit = false
+	ino.mu.Unlock()
+	res, err := ino.s.clnt.Commit(ctx, ino.fh, 0, 0)
+	if err != nil {
+		ino.mu.Lock()
+		ino.needCommit = !ino.removed
+		ino.mu.Unlock()
+		return err
+	}
+	ino.refreshAttr(ctx, res.Wcc.After)
+	return nil
+}
+
+// truncate is SETATTR(size) after writing back what is dirty, then the
+// cache object and writeback state are cut to match.
+func (ino *inode) truncate(ctx context.Context, size int64) error {
+	if size < 0 {
+		return errors.New("billyfs: negative size")
+	}
+	if err := ino.flush(ctx); err != nil {
+		return err
+	}
+	sz := uint64(size)
+	wcc, err := ino.s.clnt.Setattr(ctx, ino.fh, client.SetAttr{Size: &sz}, nil)
+	if err != nil {
+		return err
+	}
+	ino.mu.Lock()
+	ino.size = size
+	ino.gen++
+	ino.mu.Unlock()
+	ino.refreshAttr(ctx, wcc.After)
+	ino.mu.Lock()
+	ino.size = size
+	ino.mu.Unlock()
+	if ino.wb != nil {
+		ino.wb.Truncate(size)
+	}
+	if ino.ck != nil {
+		ino.fillMu.Lock()
+		err := ino.ck.Resize(size)
+		ino.fillMu.Unlock()
+		if err != nil {
+			ino.s.log.Warn("billyfs: resizing cache object", "err", err)
+			ino.setBypass()
+		}
+	}
+	return nil
+}
+
+// --- writeback callbacks (->writepages, ->write_inode) ---
+
+// wbFilesystem is what the writeback Flusher calls.
+type wbFilesystem struct{ s *state }
+
+// maxWriteChunk bounds the buffer one writeback WRITE batch reads from the
+// cache.
+const maxWriteChunk = 4 << 20
+
+// WritePages sends the cached bytes of the dirty extents to the server with
+// UNSTABLE WRITEs, then COMMITs (nfs_writepages + nfs_commit_inode). The
+// extents are page-aligned: only the present bytes in them are sent (the
+// dirty bytes always are present; present clean bytes equal the server's).
+func (w wbFilesystem) WritePages(ctx context.Context, wbi *writeback.Inode, extents []writeback.Extent) (int64, error) {
+	ino := wbi.Owner().(*inode)
+	ino.mu.Lock()
+	removed := ino.removed
+	ino.mu.Unlock()
+	if removed || ino.ck == nil {
+		return 0, nil
+	}
+	// Hold a use for the reads below, pinned or not.
+	if err := ino.ck.Use(false); err != nil {
+		return 0, err
+	}
+	defer ino.ck.Unuse(nil, -1)
+	size := ino.localSize()
+	var buf []byte
+	for _, e := range extents {
+		end := min(e.End, size)
+		if e.Off >= end {
+			continue
+		}
+		present, err := ino.ck.Present(e.Off, end-e.Off)
+		if err != nil {
+			return 0, err
+		}
+		for _, r := range present {
+			for at := r.Off; at < r.End(); {
+				n := min(r.End()-at, maxWriteChunk)
+				if int64(cap(buf)) < n {
+					buf = make([]byte, n)
+				}
+				b := buf[:n]
+				if _, err := ino.ck.ReadAt(b, at); err != nil {
+					return 0, err
+				}
+				if _, err := w.s.clnt.WriteAtFrom(ctx, ino.fh, b, at, cookieReader{ino.ck}); err != nil {
+					return 0, err
+				}
+				at += n
+			}
+		}
+	}
+	res, err := w.s.clnt.Commit(ctx, ino.fh, 0, 0)
+	if err != nil {
+		return 0, err
+	}
+	ino.refreshAttr(ctx, res.Wcc.After)
+	return 0, nil
+}
+
+// WriteInode is ->write_inode: it drops the writeback pin when writeback
+// cleaned the last dirty page (fscache_unpin_writeback).
+func (w wbFilesystem) WriteInode(ctx context.Context, wbi *writeback.Inode, wbc *writeback.Control) error {
+	ino := wbi.Owner().(*inode)
+	if ino.ck == nil {
+		return nil
+	}
+	return fscache.UnpinWriteback(wbc, ino.ck)
+}
+
+// cookieReader lets the client re-read uncommitted data from the cache if
+// the server's write verifier changes before COMMIT.
+type cookieReader struct{ ck *fscache.Cookie }
+
+func (r cookieReader) ReadAt(p []byte, off int64) (int, error) { return r.ck.ReadAt(p, off) }

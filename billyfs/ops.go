@@ -1,0 +1,520 @@
+package billyfs
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-git/go-billy/v5"
+	"github.com/nfscache/nfscache/client"
+)
+
+// Create creates or truncates name (mode 0666) and opens it read-write.
+// Missing parent directories are created, as osfs does.
+func (f *FS) Create(name string) (billy.File, error) {
+	return f.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
+}
+
+// Open opens name read-only.
+func (f *FS) Open(name string) (billy.File, error) {
+	return f.OpenFile(name, os.O_RDONLY, 0)
+}
+
+// OpenFile opens name with os.O_* flags. With O_CREATE a missing file is
+// created with perm (GUARDED CREATE, so an existing file is never truncated
+// by accident), and missing parent directories too. Opening revalidates
+// the file's attributes with the server (close-to-open).
+func (f *FS) OpenFile(name string, flag int, perm os.FileMode) (billy.File, error) {
+	file, err := f.openFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return file, nil
+}
+
+func (f *FS) openFile(name string, flag int, perm os.FileMode) (*File, error) {
+	s := f.s
+	rel, err := cleanRel(name)
+	if err != nil {
+		return nil, err
+	}
+	ctx := s.ctx
+	if s.isClosed() {
+		return nil, s.pathErr("open", name, errFSClosed)
+	}
+	var n node
+	created := false
+	if flag&os.O_CREATE != 0 {
+		n, created, err = f.create(rel, flag, perm)
+	} else {
+		n, err = f.resolve(ctx, rel, true)
+	}
+	if err != nil {
+		return nil, s.pathErr("open", name, err)
+	}
+	acc := flag & (os.O_RDONLY | os.O_WRONLY | os.O_RDWR)
+	file := &File{
+		fs:       f,
+		name:     displayName(rel),
+		readable: acc == os.O_RDONLY || acc == os.O_RDWR,
+		writable: acc == os.O_WRONLY || acc == os.O_RDWR,
+		append:   flag&os.O_APPEND != 0,
+	}
+	switch n.attr.Type {
+	case client.TypeDir:
+		if file.writable || flag&os.O_CREATE != 0 {
+			return nil, s.pathErr("open", name, syscall.EISDIR)
+		}
+		file.isDir = true
+		return file, nil
+	case client.TypeReg:
+	default:
+		return nil, s.pathErr("open", name, syscall.EINVAL)
+	}
+	if !n.fresh && !created {
+		// Close-to-open: an open always asks the server.
+		a, err := s.getattr(ctx, n.fh, true)
+		if errors.Is(err, syscall.ESTALE) {
+			s.purgeNames()
+			if n, err = f.resolve(ctx, rel, true); err == nil {
+				a, err = s.getattr(ctx, n.fh, true)
+			}
+		}
+		if err != nil {
+			return nil, s.pathErr("open", name, err)
+		}
+		n.attr = a
+	}
+	ino, err := s.getInode(ctx, n.fh, n.attr)
+	if err != nil {
+		return nil, s.pathErr("open", name, err)
+	}
+	file.ino = ino
+	if ino.ck != nil {
+		if err := ino.ck.Use(file.writable); err == nil {
+			file.ckUse = true
+		} else {
+			s.log.Debug("billyfs: cookie use failed, file goes to the server", "err", err)
+			ino.setBypass()
+		}
+	}
+	if ino.wb != nil {
+		file.errCur = ino.wb.SampleErr()
+	}
+	if flag&os.O_TRUNC != 0 && file.writable && !created && ino.localSize() > 0 {
+		if err := ino.truncate(ctx, 0); err != nil {
+			file.Close()
+			return nil, s.pathErr("open", name, err)
+		}
+	}
+	return file, nil
+}
+
+// create resolves or creates rel for an O_CREATE open.
+func (f *FS) create(rel string, flag int, perm os.FileMode) (node, bool, error) {
+	s := f.s
+	ctx := s.ctx
+	dir, name, err := f.resolveParent(ctx, rel, true)
+	if err != nil {
+		return node{}, false, err
+	}
+	mode := uint32(perm.Perm())
+	for attempt := 0; attempt < 3; attempt++ {
+		if flag&os.O_EXCL == 0 {
+			n, err := s.lookup(ctx, dir, name)
+			if err == nil {
+				if n.attr.Type == client.TypeLnk {
+					n, err = f.resolve(ctx, rel, true)
+				}
+				return n, false, err
+			}
+			if !errors.Is(err, syscall.ENOENT) {
+				return node{}, false, err
+			}
+		}
+		r, err := s.clnt.Create(ctx, dir, name, client.CreateHow{Mode: client.Guarded, Attr: client.SetAttr{Mode: &mode}})
+		s.dropAttr(dir)
+		if errors.Is(err, syscall.EEXIST) && flag&os.O_EXCL == 0 {
+			continue // created meanwhile: open it
+		}
+		if err != nil {
+			return node{}, false, err
+		}
+		n := node{fh: r.Handle, fresh: true}
+		if r.Attr != nil {
+			n.attr = *r.Attr
+		} else if n.attr, err = s.getattr(ctx, r.Handle, true); err != nil {
+			return node{}, false, err
+		}
+		s.putChild(dir, name, r.Handle)
+		s.putAttr(r.Handle, &n.attr)
+		return n, true, nil
+	}
+	return node{}, false, syscall.EEXIST
+}
+
+// Stat returns the attributes of name, following symbolic links.
+func (f *FS) Stat(name string) (os.FileInfo, error) {
+	return f.stat("stat", name, true)
+}
+
+// Lstat returns the attributes of name without following a final link.
+func (f *FS) Lstat(name string) (os.FileInfo, error) {
+	return f.stat("lstat", name, false)
+}
+
+func (f *FS) stat(op, name string, follow bool) (os.FileInfo, error) {
+	rel, err := cleanRel(name)
+	if err != nil {
+		return nil, err
+	}
+	n, err := f.resolve(f.s.ctx, rel, follow)
+	if err != nil {
+		return nil, f.s.pathErr(op, name, err)
+	}
+	base := path.Base(filepath.ToSlash(name))
+	if rel == "" {
+		base = "/"
+	}
+	return f.s.info(base, n.fh, n.attr), nil
+}
+
+// info builds a FileInfo, with the local size of a file this FS has open or
+// dirty (data written and not yet written back).
+func (s *state) info(name string, fh client.Handle, a client.Attr) *fileInfo {
+	fi := newFileInfo(name, a)
+	if a.Type != client.TypeReg {
+		return fi
+	}
+	s.mu.Lock()
+	ino := s.inodes[string(fh)]
+	open := ino != nil && ino.opens > 0
+	s.mu.Unlock()
+	if ino != nil && (open || ino.dirty()) {
+		fi.size = ino.localSize()
+	}
+	return fi
+}
+
+// Rename renames from to to (RENAME), replacing a file at to. Missing
+// parents of to are created, as osfs does.
+func (f *FS) Rename(from, to string) error {
+	s := f.s
+	relFrom, err := cleanRel(from)
+	if err != nil {
+		return err
+	}
+	relTo, err := cleanRel(to)
+	if err != nil {
+		return err
+	}
+	ctx := s.ctx
+	fromDir, fromName, err := f.resolveParent(ctx, relFrom, false)
+	if err != nil {
+		return s.pathErr("rename", from, err)
+	}
+	src, err := s.lookup(ctx, fromDir, fromName)
+	if err != nil {
+		return s.pathErr("rename", from, err)
+	}
+	toDir, toName, err := f.resolveParent(ctx, relTo, true)
+	if err != nil {
+		return s.pathErr("rename", to, err)
+	}
+	// Write our dirty data under the old name first: some servers
+	// (go-nfs's caching handler) retire a handle when it is renamed.
+	if ino := s.liveInode(src.fh); ino != nil && ino.dirty() {
+		if err := ino.flush(ctx); err != nil {
+			return s.pathErr("rename", from, err)
+		}
+	}
+	var replaced client.Handle
+	if dst, err := s.lookup(ctx, toDir, toName); err == nil && dst.attr.Type == client.TypeReg && string(dst.fh) != string(src.fh) {
+		replaced = dst.fh
+	}
+	_, _, err = s.clnt.Rename(ctx, fromDir, fromName, toDir, toName)
+	s.dropChild(fromDir, fromName)
+	s.dropChild(toDir, toName)
+	s.dropAttr(fromDir)
+	s.dropAttr(toDir)
+	s.dropAttr(src.fh)
+	if err != nil {
+		return s.pathErr("rename", from, err)
+	}
+	if src.attr.Type == client.TypeDir {
+		// Names cached under the moved directory stay valid (same
+		// handles), but paths through it changed: forget them all.
+		s.purgeNames()
+	}
+	if replaced != nil {
+		s.forgetInode(replaced)
+	}
+	return nil
+}
+
+func (s *state) liveInode(fh client.Handle) *inode {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inodes[string(fh)]
+}
+
+// Remove removes a file, symbolic link or empty directory.
+func (f *FS) Remove(name string) error {
+	s := f.s
+	rel, err := cleanRel(name)
+	if err != nil {
+		return err
+	}
+	ctx := s.ctx
+	dir, base, err := f.resolveParent(ctx, rel, false)
+	if err != nil {
+		return s.pathErr("remove", name, err)
+	}
+	n, err := s.lookup(ctx, dir, base)
+	if err != nil {
+		return s.pathErr("remove", name, err)
+	}
+	if n.attr.Type == client.TypeDir {
+		_, err = s.clnt.Rmdir(ctx, dir, base)
+	} else {
+		_, err = s.clnt.Remove(ctx, dir, base)
+	}
+	s.dropChild(dir, base)
+	s.dropAttr(dir)
+	if err != nil {
+		return s.pathErr("remove", name, err)
+	}
+	if n.attr.Type == client.TypeReg {
+		s.forgetInode(n.fh)
+	} else {
+		s.dropAttr(n.fh)
+	}
+	return nil
+}
+
+// ReadDir lists a directory (READDIRPLUS), sorted by name.
+func (f *FS) ReadDir(name string) ([]os.FileInfo, error) {
+	s := f.s
+	rel, err := cleanRel(name)
+	if err != nil {
+		return nil, err
+	}
+	ctx := s.ctx
+	n, err := f.resolve(ctx, rel, true)
+	if err != nil {
+		return nil, s.pathErr("readdir", name, err)
+	}
+	if n.attr.Type != client.TypeDir {
+		return nil, s.pathErr("readdir", name, syscall.ENOTDIR)
+	}
+	ents, err := s.clnt.ReadDirAll(ctx, n.fh)
+	if err != nil {
+		return nil, s.pathErr("readdir", name, err)
+	}
+	out := make([]os.FileInfo, 0, len(ents))
+	for _, e := range ents {
+		var a client.Attr
+		switch {
+		case e.Attr != nil && e.Handle != nil:
+			a = *e.Attr
+			s.putChild(n.fh, e.Name, e.Handle)
+			s.putAttr(e.Handle, e.Attr)
+		default:
+			c, err := s.lookup(ctx, n.fh, e.Name)
+			if errors.Is(err, syscall.ENOENT) {
+				continue // removed meanwhile
+			}
+			if err != nil {
+				return nil, s.pathErr("readdir", name, err)
+			}
+			e.Handle, a = c.fh, c.attr
+		}
+		out = append(out, s.info(e.Name, e.Handle, a))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
+	return out, nil
+}
+
+// MkdirAll creates a directory and its missing parents with perm.
+func (f *FS) MkdirAll(name string, perm os.FileMode) error {
+	rel, err := cleanRel(name)
+	if err != nil {
+		return err
+	}
+	if err := f.mkdirAll(f.s.ctx, rel, uint32(perm.Perm())); err != nil {
+		return f.s.pathErr("mkdir", name, err)
+	}
+	return nil
+}
+
+// TempFile creates a new file named prefix + random digits in dir (the FS
+// root if empty), opened read-write; dir is created if missing.
+func (f *FS) TempFile(dir, prefix string) (billy.File, error) {
+	relDir, err := cleanRel(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.mkdirAll(f.s.ctx, relDir, 0o755); err != nil {
+		return nil, f.s.pathErr("mkdir", dir, err)
+	}
+	var b [6]byte
+	for try := 0; try < 100; try++ {
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, f.s.pathErr("open", dir, err)
+		}
+		name := f.Join(dir, prefix+hex.EncodeToString(b[:]))
+		file, err := f.openFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return file, nil
+	}
+	return nil, f.s.pathErr("open", f.Join(dir, prefix+"*"), syscall.EEXIST)
+}
+
+// Symlink creates link pointing to target. An absolute target is taken
+// relative to this FS's root (stored as an export path), as go-billy's
+// chroot helper does. Missing parents of link are created.
+func (f *FS) Symlink(target, link string) error {
+	s := f.s
+	rel, err := cleanRel(link)
+	if err != nil {
+		return err
+	}
+	target = filepath.ToSlash(target)
+	if strings.HasPrefix(target, "/") {
+		target = path.Join(f.base, target)
+	}
+	ctx := s.ctx
+	dir, name, err := f.resolveParent(ctx, rel, true)
+	if err != nil {
+		return s.pathErr("symlink", link, err)
+	}
+	mode := uint32(0o777)
+	r, err := s.clnt.Symlink(ctx, dir, name, target, client.SetAttr{Mode: &mode})
+	s.dropAttr(dir)
+	if err != nil {
+		return s.pathErr("symlink", link, err)
+	}
+	if r.Handle != nil && r.Attr != nil {
+		s.putChild(dir, name, r.Handle)
+		s.putAttr(r.Handle, r.Attr)
+	}
+	return nil
+}
+
+// Readlink returns link's target; an absolute target is shown relative to
+// this FS's root.
+func (f *FS) Readlink(link string) (string, error) {
+	s := f.s
+	rel, err := cleanRel(link)
+	if err != nil {
+		return "", err
+	}
+	ctx := s.ctx
+	n, err := f.resolve(ctx, rel, false)
+	if err != nil {
+		return "", s.pathErr("readlink", link, err)
+	}
+	if n.attr.Type != client.TypeLnk {
+		return "", s.pathErr("readlink", link, syscall.EINVAL)
+	}
+	target, _, err := s.clnt.Readlink(ctx, n.fh)
+	if err != nil {
+		return "", s.pathErr("readlink", link, err)
+	}
+	if !strings.HasPrefix(target, "/") || f.base == "/" {
+		return filepath.FromSlash(target), nil
+	}
+	r, err := filepath.Rel(filepath.FromSlash(f.base), filepath.FromSlash(target))
+	if err != nil {
+		return "", s.pathErr("readlink", link, err)
+	}
+	return string(filepath.Separator) + r, nil
+}
+
+// setattr applies sa to name and adopts the post-op attributes (our own
+// change must not look like a remote one at the next open).
+func (f *FS) setattr(op, name string, follow bool, sa client.SetAttr) error {
+	s := f.s
+	rel, err := cleanRel(name)
+	if err != nil {
+		return err
+	}
+	n, err := f.resolve(s.ctx, rel, follow)
+	if err != nil {
+		return s.pathErr(op, name, err)
+	}
+	wcc, err := s.clnt.Setattr(s.ctx, n.fh, sa, nil)
+	if err != nil {
+		return s.pathErr(op, name, err)
+	}
+	if ino := s.liveInode(n.fh); ino != nil {
+		<-ino.ready
+		ino.refreshAttr(s.ctx, wcc.After)
+	} else {
+		s.putAttr(n.fh, wcc.After)
+	}
+	return nil
+}
+
+// Chmod changes the permission bits of name (following links).
+func (f *FS) Chmod(name string, mode os.FileMode) error {
+	m := uint32(mode.Perm())
+	if mode&os.ModeSetuid != 0 {
+		m |= 0o4000
+	}
+	if mode&os.ModeSetgid != 0 {
+		m |= 0o2000
+	}
+	if mode&os.ModeSticky != 0 {
+		m |= 0o1000
+	}
+	return f.setattr("chmod", name, true, client.SetAttr{Mode: &m})
+}
+
+// Lchown changes the owner of name without following a final link.
+func (f *FS) Lchown(name string, uid, gid int) error {
+	return f.setattr("lchown", name, false, ownerAttr(uid, gid))
+}
+
+// Chown changes the owner of name (following links).
+func (f *FS) Chown(name string, uid, gid int) error {
+	return f.setattr("chown", name, true, ownerAttr(uid, gid))
+}
+
+func ownerAttr(uid, gid int) client.SetAttr {
+	var sa client.SetAttr
+	if uid >= 0 {
+		u := uint32(uid)
+		sa.UID = &u
+	}
+	if gid >= 0 {
+		g := uint32(gid)
+		sa.GID = &g
+	}
+	return sa
+}
+
+// Chtimes sets the access and modification times of name.
+func (f *FS) Chtimes(name string, atime, mtime time.Time) error {
+	return f.setattr("chtimes", name, true, client.SetAttr{Atime: &atime, Mtime: &mtime})
+}
+
+// Interface checks.
+var (
+	_ billy.Filesystem = (*FS)(nil)
+	_ billy.Change     = (*FS)(nil)
+	_ billy.Capable    = (*FS)(nil)
+	_ billy.File       = (*File)(nil)
+)

@@ -1,0 +1,86 @@
+package billyfs
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Options configures New. The zero value of every field means its default.
+type Options struct {
+	// Addr is host:port of a server that serves MOUNT and NFS on one port
+	// (go-nfs style, our server). With Portmap, Addr is a host whose
+	// portmapper gives the ports (nfs-ganesha, knfsd).
+	Addr    string
+	Portmap bool
+	// Export is the MOUNT dirpath; default "/".
+	Export string
+	// CacheDir is the local cache directory (fscache). Empty means no
+	// local cache: straight NFS, writes sent through to the server as
+	// UNSTABLE WRITEs and committed at Close/Sync.
+	CacheDir string
+	// MaxOpenFiles bounds the cache's open backing files (fscache
+	// MaxOpenFiles); default 64. Writeback pins at most 3/4 of them.
+	MaxOpenFiles int
+	// CacheMaxBytes bounds the bytes of cached data; 0 = no limit other
+	// than the free space of the cache filesystem.
+	CacheMaxBytes int64
+	// AttrTimeout is how long attributes and directory entries are cached
+	// (Linux's acregmin/acdirmin). Default 3 s; negative disables caching.
+	// Open always revalidates (close-to-open) whatever the timeout.
+	AttrTimeout time.Duration
+	// Connections is the number of TCP connections (nconnect); default 4.
+	Connections int
+	// UID and GID are the AUTH_SYS credentials; default 0/0.
+	UID, GID uint32
+	// Timeout bounds each RPC; default 60 s.
+	Timeout time.Duration
+	// ReadAhead is the largest read-ahead window for sequential reads;
+	// default 8 MiB.
+	ReadAhead int
+	// DirtyExpire is how long written data may stay dirty in the cache
+	// before background writeback (dirty_expire_centisecs); default 5 s.
+	DirtyExpire time.Duration
+	// DirtyLimitBytes bounds dirty data held in the cache before writers
+	// are throttled (balance_dirty_pages); default 64 MiB.
+	DirtyLimitBytes int64
+	// MaxInodes is how many unused inodes (with their cache cookies and
+	// possibly their backing fds in the fscache LRU) stay in memory;
+	// default 1024.
+	MaxInodes int
+	// Logger receives diagnostics; nil discards.
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.Export == "" {
+		o.Export = "/"
+	}
+	if o.MaxOpenFiles <= 0 {
+		o.MaxOpenFiles = 64
+	}
+	if o.AttrTimeout == 0 {
+		o.AttrTimeout = 3 * time.Second
+	}
+	if o.Connections <= 0 {
+		o.Connections = 4
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 60 * time.Second
+	}
+	if o.ReadAhead <= 0 {
+		o.ReadAhead = 8 << 20
+	}
+	if o.DirtyExpire <= 0 {
+		o.DirtyExpire = 5 * time.Second
+	}
+	if o.DirtyLimitBytes <= 0 {
+		o.DirtyLimitBytes = 64 << 20
+	}
+	if o.MaxInodes <= 0 {
+		o.MaxInodes = 1024
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}

@@ -1,0 +1,244 @@
+package billyfs
+
+import (
+	"context"
+	"errors"
+	"path"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/go-git/go-billy/v5"
+	"github.com/nfscache/nfscache/client"
+)
+
+// maxSymlinkFollows is Linux's MAXSYMLINKS.
+const maxSymlinkFollows = 40
+
+// cleanRel turns a billy name into a clean slash path relative to the FS
+// root ("" is the root). Like go-billy's chroot helper, a leading "/" means
+// the FS root, and a name leading above the root is
+// billy.ErrCrossedBoundary.
+func cleanRel(name string) (string, error) {
+	n := strings.TrimLeft(filepath.ToSlash(name), "/")
+	n = path.Clean(n)
+	if n == ".." || strings.HasPrefix(n, "../") {
+		return "", billy.ErrCrossedBoundary
+	}
+	if n == "." {
+		return "", nil
+	}
+	return n, nil
+}
+
+func joinSlash(base, rel string) string { return path.Join(base, rel) }
+
+func splitSlash(p string) []string {
+	p = strings.Trim(p, "/")
+	if p == "" {
+		return nil
+	}
+	return strings.Split(p, "/")
+}
+
+// displayName is the name a File reports: the cleaned name relative to the
+// FS root, in the OS's separators (as go-billy's chroot helper reports it).
+func displayName(rel string) string {
+	if rel == "" {
+		return "."
+	}
+	return filepath.FromSlash(rel)
+}
+
+// node is the result of resolving a path.
+type node struct {
+	fh    client.Handle
+	attr  client.Attr
+	fresh bool // attr came from the server during this resolution
+}
+
+// resolve walks rel from the FS root. With followFinal a symbolic link in
+// the last component is followed; links in earlier components always are.
+// A stale cached handle makes it forget cached names and retry once.
+func (f *FS) resolve(ctx context.Context, rel string, followFinal bool) (node, error) {
+	for attempt := 0; ; attempt++ {
+		n, err := f.s.walk(ctx, f.base, joinSlash(f.base, rel), followFinal)
+		if attempt == 0 && errors.Is(err, syscall.ESTALE) {
+			f.s.purgeNames()
+			continue
+		}
+		return n, err
+	}
+}
+
+// walk resolves the absolute (export-root) path full. Links found inside
+// base must stay inside it (billy.ErrCrossedBoundary otherwise): absolute
+// link targets are export-root paths, as Symlink stores them.
+func (s *state) walk(ctx context.Context, base, full string, followFinal bool) (node, error) {
+	parts := splitSlash(full)
+	cur := node{fh: s.clnt.Root()}
+	var resolved []string
+	haveAttr := false
+	follows := 0
+	for len(parts) > 0 {
+		name := parts[0]
+		parts = parts[1:]
+		child, err := s.lookup(ctx, cur.fh, name)
+		if err != nil {
+			return node{}, err
+		}
+		if child.attr.Type == client.TypeLnk && (len(parts) > 0 || followFinal) {
+			follows++
+			if follows > maxSymlinkFollows {
+				return node{}, syscall.ELOOP
+			}
+			target, _, err := s.clnt.Readlink(ctx, child.fh)
+			if err != nil {
+				return node{}, err
+			}
+			var tgt string
+			if strings.HasPrefix(target, "/") {
+				tgt = path.Clean(target)
+			} else {
+				tgt = path.Join("/", path.Join(resolved...), target)
+			}
+			if base != "/" && within(base, "/"+strings.Join(resolved, "/")) && !within(base, tgt) {
+				return node{}, billy.ErrCrossedBoundary
+			}
+			parts = append(splitSlash(tgt), parts...)
+			resolved = nil
+			cur = node{fh: s.clnt.Root()}
+			haveAttr = false
+			continue
+		}
+		cur = child
+		haveAttr = true
+		resolved = append(resolved, name)
+	}
+	if !haveAttr {
+		a, err := s.getattr(ctx, cur.fh, false)
+		if err != nil {
+			return node{}, err
+		}
+		cur.attr = a
+	}
+	return cur, nil
+}
+
+// within reports whether p is base or below it.
+func within(base, p string) bool {
+	return p == base || strings.HasPrefix(p, strings.TrimSuffix(base, "/")+"/")
+}
+
+// lookup finds name in dir through the name cache, else with LOOKUP.
+func (s *state) lookup(ctx context.Context, dir client.Handle, name string) (node, error) {
+	if fh, ok := s.cachedChild(dir, name); ok {
+		if a, ok := s.cachedAttr(fh); ok {
+			return node{fh: fh, attr: a}, nil
+		}
+		a, err := s.getattr(ctx, fh, true)
+		if err == nil {
+			return node{fh: fh, attr: a, fresh: true}, nil
+		}
+		s.dropChild(dir, name)
+		if !errors.Is(err, syscall.ESTALE) {
+			return node{}, err
+		}
+	}
+	r, err := s.clnt.Lookup(ctx, dir, name)
+	if err != nil {
+		return node{}, err
+	}
+	var a client.Attr
+	if r.Attr != nil {
+		a = *r.Attr
+		s.putAttr(r.Handle, r.Attr)
+	} else if a, err = s.getattr(ctx, r.Handle, true); err != nil {
+		return node{}, err
+	}
+	s.putChild(dir, name, r.Handle)
+	return node{fh: r.Handle, attr: a, fresh: true}, nil
+}
+
+// parentOf splits rel into its parent (relative) and final name.
+func parentOf(rel string) (string, string) {
+	dir, name := path.Split(rel)
+	return strings.TrimSuffix(dir, "/"), name
+}
+
+// resolveParent resolves rel's parent directory (creating it and its
+// parents with mode 0755 if mkdir, as osfs does for Create/Symlink/Rename).
+func (f *FS) resolveParent(ctx context.Context, rel string, mkdir bool) (client.Handle, string, error) {
+	if rel == "" {
+		return nil, "", syscall.EINVAL
+	}
+	dir, name := parentOf(rel)
+	if mkdir {
+		if err := f.mkdirAll(ctx, dir, 0o755); err != nil {
+			return nil, "", err
+		}
+	}
+	n, err := f.resolve(ctx, dir, true)
+	if err != nil {
+		return nil, "", err
+	}
+	if n.attr.Type != client.TypeDir {
+		return nil, "", syscall.ENOTDIR
+	}
+	return n.fh, name, nil
+}
+
+// mkdirAll creates rel and its missing parents.
+func (f *FS) mkdirAll(ctx context.Context, rel string, perm uint32) error {
+	if rel == "" {
+		if f.base == "/" {
+			return nil
+		}
+		// A chroot's own root may not exist yet (Chroot does not create
+		// it; osfs creates it with the first file).
+		root := &FS{s: f.s, base: "/"}
+		return root.mkdirAll(ctx, strings.TrimPrefix(f.base, "/"), perm)
+	}
+	n, err := f.resolve(ctx, rel, true)
+	if err == nil {
+		if n.attr.Type != client.TypeDir {
+			return syscall.ENOTDIR
+		}
+		return nil
+	}
+	if !errors.Is(err, syscall.ENOENT) {
+		return err
+	}
+	dir, name := parentOf(rel)
+	if err := f.mkdirAll(ctx, dir, perm); err != nil {
+		return err
+	}
+	pn, err := f.resolve(ctx, dir, true)
+	if err != nil {
+		return err
+	}
+	if pn.attr.Type != client.TypeDir {
+		return syscall.ENOTDIR
+	}
+	mode := perm & 0o7777
+	r, err := f.s.clnt.Mkdir(ctx, pn.fh, name, client.SetAttr{Mode: &mode})
+	f.s.dropAttr(pn.fh)
+	if errors.Is(err, syscall.EEXIST) {
+		n, err := f.resolve(ctx, rel, true)
+		if err != nil {
+			return err
+		}
+		if n.attr.Type != client.TypeDir {
+			return syscall.ENOTDIR
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if r.Handle != nil {
+		f.s.putChild(pn.fh, name, r.Handle)
+		f.s.putAttr(r.Handle, r.Attr)
+	}
+	return nil
+}
