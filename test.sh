@@ -23,6 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+export NFSCACHE_KERNEL_ROOT="$(integration/kernel/prepare-kernel.sh || true)" # Debian kernel for integration/kernel (qemu), cached outside the repo
 echo "test.sh: go vet ./..."
 go vet ./...
 echo "test.sh: go test -race ./..."
