@@ -420,7 +420,7 @@ func (c *Cache) evictOneLocked() bool {
 				c.lru.Remove(k)
 				continue
 			}
-			if ck.fileRefs > 0 || (pass == 0 && ck.users > 0) {
+			if ck.fileRefs.Load() > 0 || (pass == 0 && ck.users > 0) {
 				ck.mu.Unlock()
 				continue
 			}

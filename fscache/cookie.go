@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -29,11 +30,14 @@ type Cookie struct {
 	// invalidation and never returns data of an older generation.
 	io sync.RWMutex
 
-	mu         sync.Mutex
-	users      int // uses held, pins included
-	pins       int // uses held for writeback pinning (PinningCacheWB)
-	file       *os.File
-	fileRefs   int  // I/O calls currently using file; eviction waits for 0
+	mu    sync.Mutex
+	users int // uses held, pins included
+	pins  int // uses held for writeback pinning (PinningCacheWB)
+	file  *os.File
+	// fileRefs counts I/O calls using file; eviction needs 0. It is
+	// incremented only under mu (so it cannot race eviction's check) and
+	// decremented without it.
+	fileRefs   atomic.Int32
 	everOpened bool // a later open is a reopen
 	// pinFileHeld: the pin's fd is open and must stay open until unpin;
 	// an open while it is set is a writeback reopen (a bug, counted).
@@ -261,7 +265,7 @@ func (ck *Cookie) getFile() (*os.File, error) {
 	for {
 		ck.mu.Lock()
 		if ck.file != nil {
-			ck.fileRefs++
+			ck.fileRefs.Add(1)
 			f := ck.file
 			ck.mu.Unlock()
 			return f, nil
@@ -274,10 +278,7 @@ func (ck *Cookie) getFile() (*os.File, error) {
 }
 
 func (ck *Cookie) putFile() {
-	ck.mu.Lock()
-	ck.fileRefs--
-	free := ck.fileRefs == 0
-	ck.mu.Unlock()
+	free := ck.fileRefs.Add(-1) == 0
 	c := ck.cache
 	if free && c.slotWaiters.Load() > 0 {
 		c.mu.Lock()
@@ -324,15 +325,22 @@ func (ck *Cookie) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	avail := ck.extents.presentPrefix(off, end)
-	ck.mu.Unlock()
 	if avail == off {
+		ck.mu.Unlock()
 		c.st.readMisses.Add(1)
 		return 0, ErrNotCached
 	}
-	f, err := ck.getFile()
-	if err != nil {
-		c.st.readMisses.Add(1)
-		return 0, err
+	f := ck.file
+	if f != nil { // the common case: one critical section for both
+		ck.fileRefs.Add(1)
+	}
+	ck.mu.Unlock()
+	if f == nil {
+		var err error
+		if f, err = ck.getFile(); err != nil {
+			c.st.readMisses.Add(1)
+			return 0, err
+		}
 	}
 	n, err := f.ReadAt(p[:avail-off], off)
 	ck.putFile()
