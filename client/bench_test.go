@@ -26,15 +26,19 @@ type benchTarget struct {
 	baseline func(b *testing.B) *gonfs.Target // go-nfs-client
 }
 
+var (
+	benchConns  = flag.Int("client.conns", 4, "connections (nconnect) of our client in benchmarks")
+	benchFlight = flag.Int("client.inflight", 16, "READs/WRITEs in flight per ReadAt/WriteAt in benchmarks")
+	benchIO     = flag.Int("client.iosize", 1<<20, "rsize/wsize cap of our client in benchmarks")
+)
+
 const (
-	benchCall   = 16 << 20 // bytes per ReadAt/WriteAt call of our client
-	baseCall    = 1 << 20  // bytes per Read/Write call of go-nfs-client
-	benchConns  = 4
-	benchFlight = 16
+	benchCall = 16 << 20 // bytes per ReadAt/WriteAt call of our client
+	baseCall  = 1 << 20  // bytes per Read/Write call of go-nfs-client
 )
 
 func oursOpts() client.Options {
-	return client.Options{Connections: benchConns, MaxInflight: benchFlight}
+	return client.Options{Connections: *benchConns, MaxInflight: *benchFlight, MaxIOSize: *benchIO}
 }
 
 func stockTarget(b *testing.B) benchTarget {
@@ -201,7 +205,7 @@ func report(b *testing.B, what string, ours, base float64) {
 	b.ReportMetric(base, "go-nfs-client-MB/s")
 	b.ReportMetric(ours/base, "x-go-nfs-client")
 	b.Logf("%s %d MiB: ours %.0f MB/s (%d conns, %d in flight, %d MiB calls), go-nfs-client %.0f MB/s (1 MiB calls), ratio %.2fx",
-		what, *benchSize>>20, ours, benchConns, benchFlight, benchCall>>20, base, ours/base)
+		what, *benchSize>>20, ours, *benchConns, *benchFlight, benchCall>>20, base, ours/base)
 }
 
 // BenchmarkSequential compares 256 MiB sequential reads and writes of this
