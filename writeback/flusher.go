@@ -32,6 +32,10 @@ type Options struct {
 	// BackgroundBytes is dirty_background_bytes: above it the flusher
 	// writes back inodes before they expire. Default DirtyLimitBytes/2.
 	BackgroundBytes int64
+	// WriteChunkBytes is how much the flusher writes of one inode per
+	// WritePages call (MIN_WRITEBACK_PAGES); accounting and throttled
+	// writers advance after each chunk. Default 4 MiB.
+	WriteChunkBytes int64
 	// MaxPinnedInodes bounds the inodes that are dirty or pinned
 	// (PinningCacheWB) through MarkDirty; 0 means no bound. A writer that
 	// would dirty one more inode past it forces writeback and waits until an
@@ -54,6 +58,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.BackgroundBytes <= 0 || o.BackgroundBytes > o.DirtyLimitBytes {
 		o.BackgroundBytes = o.DirtyLimitBytes / 2
+	}
+	if o.WriteChunkBytes <= 0 {
+		o.WriteChunkBytes = 4 << 20
 	}
 	if o.MaxPinnedInodes < 0 {
 		o.MaxPinnedInodes = 0
@@ -227,8 +234,12 @@ func (f *Flusher) MarkDirty(ctx context.Context, ino *Inode, off, n int64, pin f
 	ino.dirtiers++
 	f.mu.Lock()
 	f.reserved -= need
+	background := f.dirtyBytes > f.opts.BackgroundBytes
 	f.mu.Unlock()
 	ino.mu.Unlock()
+	if background {
+		f.wake() // start background writeback now, before the hard limit
+	}
 
 	if pin != nil {
 		pin()
@@ -385,7 +396,8 @@ func (f *Flusher) pass() {
 		}
 		q := e.Value.(*queued)
 		now := time.Now()
-		if !requested && !f.forceLocked() && now.Sub(q.when) < f.opts.DirtyExpire {
+		expired := now.Sub(q.when) >= f.opts.DirtyExpire
+		if !requested && !expired && !f.forceLocked() {
 			f.mu.Unlock()
 			return // the queue is ordered: nothing later has expired
 		}
@@ -394,9 +406,36 @@ func (f *Flusher) pass() {
 		q.when = now
 		f.queue.MoveToBack(e)
 		f.mu.Unlock()
+		f.writeInodeChunks(q.ino, expired || requested)
+	}
+}
 
-		if err := WriteSingleInode(context.Background(), f.fs, q.ino, &Control{SyncMode: SyncNone}); err != nil {
+// writeInodeChunks writes ino in WriteChunkBytes pieces, at most the bytes
+// it held when it was picked (so a writer that keeps dirtying it cannot
+// hold the flusher on one inode, like tagged writepages), stopping early
+// when the write was only for pressure and the pressure is gone.
+func (f *Flusher) writeInodeChunks(ino *Inode, whole bool) {
+	budget := ino.DirtyBytes()
+	for {
+		wbc := &Control{SyncMode: SyncNone, MaxBytes: f.opts.WriteChunkBytes}
+		if err := WriteSingleInode(context.Background(), f.fs, ino, wbc); err != nil {
 			f.log.Warn("writeback failed; range stays dirty", "err", err)
+			return
+		}
+		budget -= wbc.PagesWritten * PageSize
+		if wbc.PagesWritten == 0 || budget <= 0 || ino.State()&DirtyPages == 0 {
+			return
+		}
+		select {
+		case <-f.stop:
+			return
+		default:
+		}
+		f.mu.Lock()
+		more := whole || f.forceLocked()
+		f.mu.Unlock()
+		if !more {
+			return
 		}
 	}
 }

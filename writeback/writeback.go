@@ -33,7 +33,11 @@ type Control struct {
 	// bit stood for (fscache.UnpinWriteback), whether or not it fails.
 	// WriteSingleInode resets it on entry and leaves it set on return.
 	UnpinnedCacheWB bool
-	// PagesWritten accumulates the pages cleaned (nr_to_write's mirror).
+	// MaxBytes caps the bytes written by one call, lowest offsets first
+	// (nr_to_write); 0 means no cap. The flusher writes in such chunks so
+	// that throttled writers resume as each chunk completes.
+	MaxBytes int64
+	// PagesWritten accumulates the pages cleaned.
 	PagesWritten int64
 }
 
@@ -84,6 +88,9 @@ func WriteSingleInode(ctx context.Context, fs Filesystem, ino *Inode, wbc *Contr
 
 	ino.mu.Lock()
 	exts := ino.dirty.within(r)
+	if wbc.MaxBytes > 0 {
+		exts = trimExtents(exts, max(wbc.MaxBytes&^(PageSize-1), PageSize))
+	}
 	for _, e := range exts {
 		ino.dirty.remove(e)
 		ino.writing.add(e)
@@ -207,4 +214,16 @@ func WriteSingleInode(ctx context.Context, fs Filesystem, ino *Inode, wbc *Contr
 		}
 	}
 	return werr
+}
+
+// trimExtents keeps the first budget bytes of exts.
+func trimExtents(exts []Extent, budget int64) []Extent {
+	for k, e := range exts {
+		if e.Len() >= budget {
+			exts[k].End = e.Off + budget
+			return exts[:k+1]
+		}
+		budget -= e.Len()
+	}
+	return exts
 }
