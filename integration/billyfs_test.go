@@ -1,0 +1,281 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-git/go-billy/v5"
+	"github.com/go-git/go-billy/v5/util"
+
+	"github.com/nfscache/nfscache/billyfs"
+)
+
+func bfsRand(seed int64, n int) []byte {
+	b := make([]byte, n)
+	rand.New(rand.NewSource(seed)).Read(b)
+	return b
+}
+
+func bfsRead(t testing.TB, fsys billy.Filesystem, name string) []byte {
+	t.Helper()
+	b, err := util.ReadFile(fsys, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func bfsWrite(t testing.TB, fsys billy.Filesystem, name string, data []byte) {
+	t.Helper()
+	if err := util.WriteFile(fsys, name, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Two billyfs instances (each with its own cache) on one export:
+// close-to-open holds in both directions, our own writes keep our cache,
+// and a change made by another client invalidates it.
+func TestBillyfsCloseToOpenTwoClients(t *testing.T) {
+	srv := bfsStartServer(t)
+	a := bfsMount(t, srv, billyfs.Options{CacheDir: t.TempDir()})
+	b := bfsMount(t, srv, billyfs.Options{CacheDir: t.TempDir()})
+
+	v1 := bfsRand(1, 3<<20+77)
+	bfsWrite(t, a, "shared/file", v1) // Close writes back + COMMITs
+	if got := bfsRead(t, b, "shared/file"); !bytes.Equal(got, v1) {
+		t.Fatalf("reader saw %d bytes, not the %d the writer closed", len(got), len(v1))
+	}
+
+	// The writer's own writes must not have invalidated its cache: a new
+	// open reads everything from the cache.
+	reads := srv.Reads()
+	if got := bfsRead(t, a, "shared/file"); !bytes.Equal(got, v1) {
+		t.Fatal("writer reread differs")
+	}
+	if d := srv.Reads() - reads; d != 0 {
+		t.Fatalf("writer rereading its own file sent %d READs, want 0", d)
+	}
+
+	// b changes part of the file (without reading it first: its cache holds
+	// v1 from the read above), a reopens and must see b's bytes.
+	inval := a.Stats().Cache.Invalidations
+	f, err := b.OpenFile("shared/file", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch := bfsRand(2, 10_000)
+	if _, err := f.(io.WriterAt).WriteAt(patch, 1<<20+5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("tail")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v2 := append(append([]byte{}, v1...), "tail"...)
+	copy(v2[1<<20+5:], patch)
+	if got := bfsRead(t, a, "shared/file"); !bytes.Equal(got, v2) {
+		t.Fatalf("a after b's change: %d bytes, equal=%v", len(got), bytes.Equal(got, v2))
+	}
+	if a.Stats().Cache.Invalidations <= inval {
+		t.Fatal("a's cache was not invalidated by b's change")
+	}
+	// The server has exactly v2 (b's partial-page writes merged right).
+	if got, err := os.ReadFile(filepath.Join(srv.Dir, "shared/file")); err != nil || !bytes.Equal(got, v2) {
+		t.Fatalf("server copy differs (err %v)", err)
+	}
+
+	// A change made on the server by a third party is seen too.
+	v3 := []byte("rewritten by someone else")
+	time.Sleep(10 * time.Millisecond) // a distinct mtime even on coarse clocks
+	if err := os.WriteFile(filepath.Join(srv.Dir, "shared/file"), v3, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := bfsRead(t, a, "shared/file"); !bytes.Equal(got, v3) {
+		t.Fatalf("after a third-party change a read %q", got)
+	}
+}
+
+// A partial-page write to a file whose data is not in this client's cache
+// must send exactly the written bytes, not a page of unknown content.
+func TestBillyfsPartialPageWriteUncachedFile(t *testing.T) {
+	srv := bfsStartServer(t)
+	orig := bfsRand(3, 100_000)
+	if err := os.WriteFile(filepath.Join(srv.Dir, "f"), orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fsys := bfsMount(t, srv, billyfs.Options{CacheDir: t.TempDir()})
+	f, err := fsys.OpenFile("f", os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{5000, 8190, 99_999} {
+		if _, err := f.(io.WriterAt).WriteAt([]byte("XY"), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte{}, orig...)
+	copy(want[5000:], "XY")
+	copy(want[8190:], "XY")
+	want = append(want[:99_999], "XY"...)
+	got, err := os.ReadFile(filepath.Join(srv.Dir, "f"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("server copy: %d bytes, want %d, equal=%v", len(got), len(want), bytes.Equal(got, want))
+	}
+	if got := bfsRead(t, fsys, "f"); !bytes.Equal(got, want) {
+		t.Fatal("client reread differs")
+	}
+}
+
+// A billyfs reopened on the same CacheDir after Close serves what the cache
+// held with zero READ RPCs: both data it fetched and data it wrote.
+func TestBillyfsReopenedCacheZeroReads(t *testing.T) {
+	srv := bfsStartServer(t)
+	cacheDir := t.TempDir()
+	fetched := bfsRand(4, 2<<20+5)
+	if err := os.WriteFile(filepath.Join(srv.Dir, "fetched"), fetched, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	written := bfsRand(5, 1<<20+9)
+
+	first, err := billyfs.New(context.Background(), billyfs.Options{Addr: srv.Addr, CacheDir: cacheDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := bfsRead(t, first, "fetched"); !bytes.Equal(got, fetched) {
+		t.Fatal("first read differs")
+	}
+	bfsWrite(t, first, "dir/written", written)
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	second := bfsMount(t, srv, billyfs.Options{Addr: srv.Addr, CacheDir: cacheDir})
+	reads := srv.Reads()
+	if got := bfsRead(t, second, "fetched"); !bytes.Equal(got, fetched) {
+		t.Fatal("reopened read of fetched file differs")
+	}
+	if got := bfsRead(t, second, "dir/written"); !bytes.Equal(got, written) {
+		t.Fatal("reopened read of written file differs")
+	}
+	if d := srv.Reads() - reads; d != 0 {
+		t.Fatalf("reopened cache sent %d READs, want 0", d)
+	}
+	st := second.Stats()
+	if st.Cache.ReadHits == 0 || st.RPC.Procs["READ"].Calls != 0 {
+		t.Fatalf("stats: hits %d, client READs %d", st.Cache.ReadHits, st.RPC.Procs["READ"].Calls)
+	}
+}
+
+// 2000 files written concurrently through a cache limited to 32 open
+// files: every byte reaches the server, and backing fds (counted in
+// /proc/self/fd while it runs) never exceed 32.
+func TestBillyfsManyFilesBoundedFDs(t *testing.T) {
+	const (
+		files        = 2000
+		writers      = 64
+		maxOpenFiles = 32
+	)
+	srv := bfsStartServer(t)
+	cacheDir := t.TempDir()
+	fsys := bfsMount(t, srv, billyfs.Options{CacheDir: cacheDir, MaxOpenFiles: maxOpenFiles})
+	content := func(i int) []byte {
+		return bfsRand(int64(1000+i), 1000+(i*7919)%20000)
+	}
+
+	var peakFDs atomic.Int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		objects := filepath.Join(cacheDir, "objects")
+		for {
+			if n := int64(bfsOpenBackingFDs(objects)); n > peakFDs.Load() {
+				peakFDs.Store(n)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Microsecond):
+			}
+		}
+	}()
+
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= files {
+					return
+				}
+				name := fmt.Sprintf("d%02d/file%04d", i%50, i)
+				f, err := fsys.Create(name)
+				if err != nil {
+					errs <- err
+					return
+				}
+				data := content(i)
+				// Two writes: the second dirties an already dirty inode.
+				if _, err := f.Write(data[:len(data)/2]); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := f.Write(data[len(data)/2:]); err != nil {
+					errs <- err
+					return
+				}
+				if err := f.Close(); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	st := fsys.Stats()
+	if err := fsys.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < files; i++ {
+		name := filepath.Join(srv.Dir, fmt.Sprintf("d%02d/file%04d", i%50, i))
+		got, err := os.ReadFile(name)
+		if err != nil || !bytes.Equal(got, content(i)) {
+			t.Fatalf("%s on the server: %d bytes, err %v", name, len(got), err)
+		}
+	}
+	t.Logf("peak backing fds: %d sampled in /proc/self/fd, %d by fscache; LRU evictions %d, pins %d, pin waits %d",
+		peakFDs.Load(), st.Cache.PeakOpenFiles, st.Cache.LRUEvictions, st.Cache.Pins, st.Cache.PinWaits)
+	if peakFDs.Load() > maxOpenFiles || st.Cache.PeakOpenFiles > maxOpenFiles {
+		t.Fatalf("backing fds peaked at %d (proc) / %d (fscache), bound %d", peakFDs.Load(), st.Cache.PeakOpenFiles, maxOpenFiles)
+	}
+	if peakFDs.Load() == 0 {
+		t.Fatal("sampler never saw a backing fd: the test measured nothing")
+	}
+}
