@@ -40,10 +40,12 @@ var (
 	ErrClosed = errors.New("fscache: cache closed")
 )
 
-// Options configure a Cache. The zero value gives the defaults.
+// Options configure a Cache. The zero value gives the defaults. Options is
+// read by Open only; the hooks it holds are called concurrently.
 type Options struct {
 	// MaxOpenFiles bounds the backing-file descriptors open at once, in-use
-	// and pinned ones included. Default 64.
+	// and pinned ones included. Default 64. (The cache holds two more fds
+	// of its own: the index and the directory lock.)
 	MaxOpenFiles int
 	// MaxPinned bounds the cookies pinned for writeback (each holds its
 	// fd). It must be below MaxOpenFiles so unpinned I/O always finds a
@@ -233,7 +235,8 @@ func (c *Cache) Dir() string { return c.dir }
 func (c *Cache) BackingDir() string { return c.objDir }
 
 // Volume is a cache volume: a namespace of cookies (server + export), as
-// fscache_acquire_volume. Safe for concurrent use.
+// fscache_acquire_volume. Safe for concurrent use. Using a relinquished
+// Volume acquires cookies in the same namespace (the key is what counts).
 type Volume struct {
 	cache *Cache
 	key   []byte
@@ -252,12 +255,31 @@ func (c *Cache) AcquireVolume(key []byte) (*Volume, error) {
 	}
 	v := &Volume{cache: c, key: bytes.Clone(key)}
 	c.volumes[string(key)] = v
-	c.st.volumes.Add(1)
+	c.st.volumes.Add(1) // live volumes
 	return v, nil
 }
 
 // Key is the volume key.
 func (v *Volume) Key() []byte { return bytes.Clone(v.key) }
+
+// Relinquish gives the volume up, like fscache_relinquish_volume. Its
+// cookies must have been relinquished; the cached data stays for a later
+// AcquireVolume of the same key.
+func (v *Volume) Relinquish() error {
+	c := v.cache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ck := range c.cookies {
+		if ck.vol == v {
+			return fmt.Errorf("%w: volume %q has live cookies", ErrInUse, v.key)
+		}
+	}
+	if c.volumes[string(v.key)] == v {
+		delete(c.volumes, string(v.key))
+		c.st.volumes.Add(-1)
+	}
+	return nil
+}
 
 // objectKey names a backing object: a hash of volume key and cookie key,
 // length-prefixed so that (a,bc) and (ab,c) differ.

@@ -216,6 +216,16 @@ func TestReopenServesData(t *testing.T) {
 	if _, err := a.ReadAt(make([]byte, 10), 0); !isNotCached(err) {
 		t.Fatalf("retired data served: %v", err)
 	}
+	if err := v.Relinquish(); !errors.Is(err, ErrInUse) {
+		t.Fatalf("volume relinquished with live cookies: %v", err)
+	}
+	a.Unuse(nil, -1)
+	a.Relinquish(false)
+	b.Unuse(nil, -1)
+	b.Relinquish(false)
+	if err := v.Relinquish(); err != nil || c.Stats().Volumes != 0 {
+		t.Fatalf("volume relinquish: %v, volumes %d", err, c.Stats().Volumes)
+	}
 }
 
 // TestInvalidate: reads racing an invalidation return old data only before
@@ -604,5 +614,32 @@ func TestDiscardRange(t *testing.T) {
 	}
 	if n, err := ck.ReadAt(make([]byte, 4000), 0); n != 2000 || !isNotCached(err) {
 		t.Fatalf("read across discarded range: %d %v", n, err)
+	}
+}
+
+// TestDurableMode: with Options.Durable every present record follows an
+// fdatasync of the data and is fsync'd itself; the cache behaves the same.
+func TestDurableMode(t *testing.T) {
+	dir := t.TempDir()
+	opts := testOptions()
+	opts.Durable = true
+	c, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck := mustCookie(t, mustVolume(t, c, "vol"), "f", "a", 0)
+	ck.Use(true)
+	for i := int64(0); i < 8; i++ {
+		if _, err := ck.WriteAt(pattern(3, i*4096, 4096), i*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ck.Unuse(nil, -1)
+	c.Close()
+	c = openTest(t, dir, opts)
+	ck = mustCookie(t, mustVolume(t, c, "vol"), "f", "a", 8*4096)
+	ck.Use(false)
+	if err := checkRead(ck, 0, pattern(3, 0, 8*4096)); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -15,6 +15,7 @@
 //	fscache_resize_cookie                Cookie.Resize
 //	fscache_invalidate                   Cookie.Invalidate(aux, size)
 //	cookie->inval_counter                Cookie.Generation
+//	(netfs dropping a stale cache range) Cookie.DiscardRange
 //	fscache_cookie_lru (unused cookies)  the fd LRU (golang-lru simplelru)
 //	cachefiles xattr (aux, size)         the index journal (journal.go)
 //	SEEK_DATA/SEEK_HOLE of backing file  present ranges in the index
@@ -57,7 +58,17 @@
 // last dirty page and sets Control.UnpinnedCacheWB, and the filesystem's
 // WriteInode calls UnpinWriteback to drop the use. ClearInodeWriteback
 // drops a pin still held at inode eviction. Stats.WritebackReopens counts
-// opens of a pinned cookie's file after it was pinned: it stays zero.
+// opens of a pinned cookie's file after it was pinned: it stays zero. The
+// pin's fd is opened before the pin is published, so whoever sees
+// Cookie.Pinned() may rely on the fd.
+//
+// In the kernel the folio lock orders the pin before writeback can see the
+// dirtied page. writeback.Flusher.MarkDirty runs the pin hook after the
+// pages are already visible to the flusher, so a writeback can find a
+// dirty inode whose cookie is not pinned yet; the filesystem must then not
+// write the cache (that would open the backing file from writeback) but
+// call Cookie.DiscardRange for the range so the older cached copy is not
+// served.
 //
 // Pins are bounded by Options.MaxPinned < MaxOpenFiles, so unpinned I/O
 // always finds a slot. At the bound, SetPageDirty calls Options.PinPressure

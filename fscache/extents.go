@@ -1,6 +1,6 @@
 package fscache
 
-// Range is a byte range [Off, Off+Len) of a cache object.
+// Range is a byte range [Off, Off+Len) of a cache object; a plain value.
 type Range struct {
 	Off, Len int64
 }

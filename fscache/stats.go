@@ -21,7 +21,7 @@ type counters struct {
 }
 
 // Stats is a snapshot of the cache's state and counters, the counterpart
-// of /proc/fs/fscache/stats.
+// of /proc/fs/fscache/stats. It is a plain value, safe to copy and share.
 type Stats struct {
 	Volumes          int64 // volumes acquired
 	Cookies          int64 // live (acquired, not relinquished) cookies
