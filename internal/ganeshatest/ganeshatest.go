@@ -257,6 +257,16 @@ func (g *Ganesha) Stop() {
 	g.cmd = nil
 }
 
+// Pgid is the process group of the running rpcbind+ganesha (0 if stopped).
+func (g *Ganesha) Pgid() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cmd == nil {
+		return 0
+	}
+	return g.cmd.Process.Pid
+}
+
 // Restart stops ganesha and starts it again on the same directory and ports
 // (a server reboot: its write verifier changes, file handles stay valid).
 func (g *Ganesha) Restart() error {
