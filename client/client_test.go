@@ -415,3 +415,23 @@ func TestTimeoutAndCancel(t *testing.T) {
 		t.Fatalf("want ETIMEDOUT, got %v", err)
 	}
 }
+
+// TestCloseAndErrors: Close unmounts cleanly, later calls fail with
+// ErrClosed, and dialing nothing fails fast with a useful error.
+func TestCloseAndErrors(t *testing.T) {
+	s := startStock(t, t.TempDir())
+	ctx := testCtx(t)
+	c, err := client.Dial(ctx, s.Addr, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := c.Getattr(ctx, c.Root()); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("after Close: want ErrClosed, got %v", err)
+	}
+	if _, err := client.Dial(ctx, "127.0.0.1:1", client.Options{}); err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("Dial of a closed port: %v", err)
+	}
+}
