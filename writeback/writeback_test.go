@@ -326,3 +326,63 @@ func TestRedirtyDuringWriteback(t *testing.T) {
 		t.Fatalf("after sync: lost %v state %b uses %d", lost, ino.State(), m.usesOf(ino))
 	}
 }
+
+// TestMaxBytesChunks: a capped writeback writes the lowest dirty bytes
+// first, no more than the cap, keeps the pin while pages remain, and the
+// flusher writes a big inode in WriteChunkBytes pieces.
+func TestMaxBytesChunks(t *testing.T) {
+	m := newMemFS(t)
+	var mu sync.Mutex
+	var sizes []int64
+	f := New(m, Options{DirtyExpire: time.Hour, Interval: time.Hour, WriteChunkBytes: 3 * PageSize})
+	defer f.Close()
+	ino := f.NewInode("f")
+	mustMark(t, f, m, ino, 0, 2*PageSize)
+	mustMark(t, f, m, ino, 5*PageSize, 4*PageSize)
+	wbc := &Control{SyncMode: SyncAll, MaxBytes: 3*PageSize + 17}
+	if err := WriteSingleInode(context.Background(), m, ino, wbc); err != nil {
+		t.Fatal(err)
+	}
+	want := []Extent{{6 * PageSize, 9 * PageSize}}
+	if got := ino.DirtyExtents(); wbc.PagesWritten != 3 || len(got) != 1 || got[0] != want[0] {
+		t.Fatalf("after a 3-page capped writeback: wrote %d pages, dirty %+v, want %+v", wbc.PagesWritten, got, want)
+	}
+	if wbc.UnpinnedCacheWB || ino.State() != DirtyPages|PinningCacheWB {
+		t.Fatalf("pin dropped with pages left: %b", ino.State())
+	}
+	rec := &recordingFS{memFS: m, sizes: &sizes, mu: &mu}
+	f2 := New(rec, Options{DirtyExpire: time.Hour, Interval: time.Hour, WriteChunkBytes: 3 * PageSize})
+	defer f2.Close()
+	ino2 := f2.NewInode("g")
+	mustMark(t, f2, m, ino2, 0, 10*PageSize)
+	f2.StartWriteback()
+	eventually(t, "chunked background writeback", func() bool { return ino2.State() == 0 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sizes) != 4 {
+		t.Fatalf("10 pages in 3-page chunks took %d WritePages calls %v, want 4", len(sizes), sizes)
+	}
+	for _, n := range sizes {
+		if n > 3*PageSize {
+			t.Fatalf("a WritePages call got %d bytes, over the chunk", n)
+		}
+	}
+}
+
+// recordingFS records the bytes handed to each WritePages call.
+type recordingFS struct {
+	*memFS
+	mu    *sync.Mutex
+	sizes *[]int64
+}
+
+func (r *recordingFS) WritePages(ctx context.Context, ino *Inode, extents []Extent) (int64, error) {
+	var n int64
+	for _, e := range extents {
+		n += e.Len()
+	}
+	r.mu.Lock()
+	*r.sizes = append(*r.sizes, n)
+	r.mu.Unlock()
+	return r.memFS.WritePages(ctx, ino, extents)
+}
