@@ -30,15 +30,17 @@
 // PinningCacheWB, and sets Control.UnpinnedCacheWB (wbc->unpinned_fscache_wb);
 // then it calls Filesystem.WriteInode (->write_inode), which drops the cache
 // use (fscache_unpin_writeback). Pages dirtied while WritePages runs go to
-// the dirty set and stay dirty.
+// the dirty set and stay dirty. Unlike the kernel, which resets
+// wbc->unpinned_fscache_wb after ->write_inode, UnpinnedCacheWB stays set on
+// return so the caller can see what happened.
 //
 // Why atomically: the cache layer pins after dirtying (fscache_set_page_dirty
 // runs after filemap_dirty_folio) with a test-and-set of the bit under the
 // same lock. A dirtier racing with writeback either dirtied before the check
 // (writeback sees a dirty page and keeps the pin) or runs its test-and-set
-// after the bit is cleared (and pins again). Dirty data therefore always has
-// a pin, so writeback never has to reopen a cache file — the EMFILE/exit()
-// problem the pinning commit fixes. A pin can linger on a clean inode only
+// after the bit is cleared (and pins again). So once a dirtier's pin call has
+// returned, its dirty data has a pin, and writeback never has to reopen a
+// cache file — the EMFILE/exit() problem the pinning commit fixes. A pin can linger on a clean inode only
 // when writeback cleaned it between the dirtying and the pin; such an inode
 // is queued, and the next writeback of it unpins it.
 //

@@ -316,7 +316,9 @@ func (f *Flusher) SyncAll(ctx context.Context) error {
 
 // Close stops the background flusher, makes later MarkDirty calls fail with
 // ErrClosed (waking throttled writers), and writes back everything dirty.
-// It returns the errors of that final writeback.
+// It returns the errors of that final writeback (and any not yet reported
+// to SyncAll). It waits for a writeback in progress, so it returns only
+// when the Filesystem callbacks do.
 func (f *Flusher) Close() error {
 	f.mu.Lock()
 	if f.closed {
