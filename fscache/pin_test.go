@@ -355,3 +355,31 @@ func TestFlusherThrottlesPins(t *testing.T) {
 	t.Logf("flusher: %+v; cache pins %d, peak fds %d; writebacks before the pin hook ran: %d",
 		fl.Stats(), st.Pins, st.PeakOpenFiles, fs.unpinnedWB.Load())
 }
+
+// TestCullSparesPinned: a pinned (dirty) cookie with no open users is
+// never culled, however far over budget the cache is; once written back
+// and unpinned it is cullable like any other.
+func TestCullSparesPinned(t *testing.T) {
+	opts := testOptions()
+	opts.MaxBytes = 33 << 10 // 32 KiB used: 3% free, below bcull (5%), above bstop (1%)
+	c := openTest(t, t.TempDir(), opts)
+	v := mustVolume(t, c, "vol")
+	fs := &cacheFS{t: t, files: map[*writeback.Inode]*pinFile{}}
+	ino, f := newPinFile(t, fs, v, "dirty", 32<<10)
+	f.ck.Use(true)
+	if _, err := f.ck.WriteAt(pattern(1, 0, 32<<10), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.ck.Unuse(nil, -1)
+	dirty(t, ino, f, 0, pattern(2, 0, 100)) // only the pin's use remains
+	if n, err := c.Cull(); err != nil || n != 0 {
+		t.Fatalf("culled %d (%v) with the only object pinned", n, err)
+	}
+	if r, _ := f.ck.Present(0, 1<<20); len(r) == 0 {
+		t.Fatal("pinned object lost its data")
+	}
+	syncInode(t, fs, ino)
+	if n, err := c.Cull(); n != 1 {
+		t.Fatalf("unpinned object not culled: %d %v users %d state %v", n, err, f.ck.Users(), ino.State())
+	}
+}
