@@ -8,7 +8,7 @@ import "github.com/google/btree"
 const PageSize = 4096
 
 // Extent is a half-open byte range [Off, End). Extents produced by this
-// package are page-aligned.
+// package are page-aligned. It is a plain value, copied freely.
 type Extent struct {
 	Off, End int64
 }

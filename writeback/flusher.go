@@ -15,7 +15,8 @@ import (
 // ErrClosed is returned by a Flusher after Close.
 var ErrClosed = errors.New("writeback: flusher closed")
 
-// Options configures a Flusher. The zero value means defaults.
+// Options configures a Flusher. The zero value means defaults. New copies
+// it; later changes have no effect.
 type Options struct {
 	// DirtyExpire is dirty_expire_centisecs: an inode dirty for this long
 	// is written back by the flusher. Default 5s.
@@ -71,7 +72,8 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Stats is a snapshot of a Flusher's counters.
+// Stats is a snapshot of a Flusher's counters: a plain value, each field
+// read atomically but not all at one instant.
 type Stats struct {
 	DirtyBytes    int64 // bytes dirty or under writeback
 	DirtyInodes   int64 // inodes with DirtyPages
