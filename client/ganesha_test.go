@@ -25,7 +25,7 @@ func TestGanesha(t *testing.T) {
 	g := ganeshatest.Start(t)
 	c := dialGanesha(t, g, client.Options{Connections: 2, MaxIOSize: 256 << 10})
 
-	t.Run("procedures", func(t *testing.T) { exerciseProcedures(t, c, g.Dir, false) })
+	t.Run("procedures", func(t *testing.T) { exerciseProcedures(t, c, g.Dir, quirks{}) })
 	t.Run("exports", func(t *testing.T) {
 		ex, err := c.Exports(testCtx(t))
 		if err != nil {

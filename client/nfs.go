@@ -332,8 +332,11 @@ type ReadDirPlusResult struct {
 	EOF        bool
 }
 
-// maxDirReply is the maxcount we ask READDIRPLUS replies to fit in.
-const maxDirReply = 64 << 10
+// maxDirReply is the maxcount we ask READDIRPLUS replies to fit in. dircount
+// (names and cookies only) is set to the same value: servers that count
+// whole entries against dircount (go-nfs) would otherwise return few entries
+// per call, and every call costs them a directory read.
+const maxDirReply = 128 << 10
 
 // ReadDirPlus reads one batch of dir's entries starting after cookie
 // (READDIRPLUS, §3.3.17). Pass cookie 0 and a zero verifier to start; pass
@@ -343,8 +346,8 @@ func (c *Client) ReadDirPlus(ctx context.Context, dir Handle, cookie uint64, ver
 		e.opaque(dir)
 		e.u64(cookie)
 		e.fixed(verf[:])
-		e.u32(maxDirReply / 4) // dircount: bytes of names+cookies
-		e.u32(maxDirReply)     // maxcount: the whole reply
+		e.u32(maxDirReply) // dircount
+		e.u32(maxDirReply) // maxcount: the whole reply
 	}, true)
 	if err != nil {
 		return ReadDirPlusResult{}, err
