@@ -1,0 +1,42 @@
+// Package server exports a billy.Filesystem over NFSv3 (RFC 1813) and
+// MOUNT v3, on one TCP port and without a portmapper.
+//
+// It builds on github.com/willscott/go-nfs and adds what a real export
+// needs:
+//
+//   - Persistent file handles (RFC 1813 §2.3.3, §4.4): a handle is
+//     version | id | generation | HMAC-SHA256 (per-export secret), 32
+//     bytes. The id↔path table and the secret live in a bbolt file in
+//     Options.StateDir, so handles survive restarts; renames re-point ids
+//     (a renamed file keeps its handle), removed ids are never reused, and
+//     nothing is ever evicted. Forged or tampered handles fail the MAC
+//     (NFS3ERR_BADHANDLE); handles of removed files are NFS3ERR_STALE.
+//   - Confinement: every path is cleaned lexically under the root; for
+//     disk exports pass osfs.New(dir, osfs.WithBoundOS()), and Remove,
+//     Rename and the Change calls go through os.Root, so neither "..",
+//     absolute symlinks nor symlinks pointing out leave the directory.
+//   - Error mapping: go-nfs maps errors with os.IsNotExist and friends
+//     (which do not unwrap) and reports most failures as IO or ACCES. Each
+//     in-process go-nfs connection ("lane") has its own filesystem view
+//     that records the errno of a failing change; the transport rewrites
+//     the reply to the precise status (NOTEMPTY, EXIST, NOTDIR, ISDIR,
+//     ROFS, NOSPC, ...).
+//   - Transport: the server owns TCP. It enforces the allow-list at
+//     accept, parses record marking (RFC 5531 §11), answers MOUNT EXPORT,
+//     and answers READ, WRITE, COMMIT and FSINFO itself: READ reads
+//     straight into a pooled reply buffer sent with one write; WRITE
+//     honours stable_how (UNSTABLE is answered UNSTABLE and made durable
+//     by COMMIT; the write verifier changes with every server instance).
+//     Up to 16 calls of one connection are in flight. Every other call is
+//     relayed to go-nfs over in-process net.Pipe connections and its reply
+//     relayed back (replies are matched by xid, so order does not matter).
+//     A malformed record closes only its connection.
+//   - Open-file reuse: READ/WRITE/COMMIT use an LRU (golang-lru) of open
+//     files keyed by file id, bounded by Options.MaxOpenFiles, closed on
+//     eviction (once no request uses them), on remove or rename, and at
+//     Close.
+//
+// Lock order: Server.mu → (nothing); handleTable.mu → bbolt;
+// openFiles.missMu → openFile.mu. No lock is held while writing to a
+// network connection except clientConn.wmu, which only serialises writes.
+package server

@@ -1,0 +1,282 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"net"
+	"path"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	billy "github.com/go-git/go-billy/v5"
+	nfs "github.com/willscott/go-nfs"
+)
+
+// A lane is one in-process connection to a go-nfs server: every call the
+// transport does not answer itself is relayed over a free lane, one call
+// at a time, so go-nfs's one-request-per-connection loop runs on several
+// lanes in parallel. Each lane has its own exportFS whose recorder keeps
+// the errno of the last failing change, which the transport uses to
+// restore the exact NFS status go-nfs reduces to IO or ACCES.
+//
+// Concurrency: a lane is owned by one forwarder at a time (taken from
+// Server.lanes). proc and lastErr are handed between the forwarder and
+// the go-nfs goroutine through the pipe, which orders them.
+type lane struct {
+	srv  *Server
+	l    *pipeListener
+	fs   *exportFS
+	conn net.Conn
+	br   *bufio.Reader
+
+	proc    uint32
+	lastErr error
+}
+
+func (ln *lane) record(err error)  { ln.lastErr = err }
+func (ln *lane) procedure() uint32 { return ln.proc }
+
+func (s *Server) newLane() *lane {
+	ln := &lane{srv: s, l: newPipeListener()}
+	ln.fs = &exportFS{exportCore: s.core, rec: ln}
+	srv := &nfs.Server{Handler: &laneHandler{srv: s, ln: ln}, ID: s.verifier}
+	go func() { _ = srv.Serve(ln.l) }()
+	ln.connect()
+	return ln
+}
+
+func (ln *lane) connect() {
+	a, b := net.Pipe()
+	ln.conn, ln.br = a, bufio.NewReaderSize(a, 64<<10)
+	ln.l.push(b)
+}
+
+func (ln *lane) close() {
+	ln.l.Close()
+	ln.conn.Close()
+}
+
+// forwardTimeout bounds how long go-nfs may take for one call.
+const forwardTimeout = 2 * time.Minute
+
+// forward relays one call record to go-nfs and returns its reply record
+// (without record mark).
+func (s *Server) forward(call *rpcCall) ([]byte, error) {
+	ln := <-s.lanes
+	defer func() { s.lanes <- ln }()
+	ln.lastErr = nil
+	ln.proc = ^uint32(0)
+	if call.prog == progNFS {
+		ln.proc = call.proc
+	}
+	_ = ln.conn.SetDeadline(time.Now().Add(forwardTimeout))
+	var mark [4]byte
+	binary.BigEndian.PutUint32(mark[:], uint32(len(call.rec))|lastFragment)
+	bufs := net.Buffers{mark[:], call.rec}
+	_, err := bufs.WriteTo(ln.conn)
+	var reply []byte
+	if err == nil {
+		reply, err = readRecord(ln.br, nil, nil, maxRecord+MaxTransfer)
+	}
+	if err != nil {
+		// The lane's go-nfs connection is unusable: start a fresh one.
+		ln.conn.Close()
+		ln.connect()
+		return nil, fmt.Errorf("relay %s to go-nfs: %w", call, err)
+	}
+	if ln.lastErr != nil && call.prog == progNFS {
+		reply = fixStatus(reply, call.proc, ln.lastErr)
+	}
+	return reply, nil
+}
+
+// fixStatus rewrites a go-nfs error reply whose status lost the real
+// cause (go-nfs maps with os.IsNotExist etc., which do not unwrap, and
+// returns some errors as RPC SYSTEM_ERR) to the status of the recorded
+// errno. The error arms of these procedures carry only empty wcc data
+// (RFC 1813 §3.3), so the reply is rebuilt whole.
+func fixStatus(reply []byte, proc uint32, cause error) []byte {
+	var body int
+	switch proc {
+	case ProcSetAttr, ProcCreate, ProcMkdir, ProcSymlink, ProcMknod, ProcRemove, ProcRmdir:
+		body = 8 // wcc_data: no pre-op, no post-op attributes
+	case ProcRename:
+		body = 16
+	case ProcLink:
+		body = 12
+	default:
+		return reply
+	}
+	if len(reply) < 24 || binary.BigEndian.Uint32(reply[8:12]) != msgAccepted {
+		return reply
+	}
+	acceptStat := binary.BigEndian.Uint32(reply[20:24])
+	switch acceptStat {
+	case acceptSystemErr, goNFSSystemErr:
+	case acceptSuccess:
+		if len(reply) < 28 {
+			return reply
+		}
+		switch nfs.NFSStatus(binary.BigEndian.Uint32(reply[24:28])) {
+		case nfs.NFSStatusIO, nfs.NFSStatusAccess, nfs.NFSStatusServerFault:
+		default:
+			return reply
+		}
+	default:
+		return reply
+	}
+	st := statusOf(cause)
+	if st == nfs.NFSStatusOk {
+		return reply
+	}
+	xid := binary.BigEndian.Uint32(reply[0:4])
+	out := appendAcceptedHeader(make([]byte, 0, 28+body), xid, acceptSuccess)
+	out = binary.BigEndian.AppendUint32(out, uint32(st))
+	return append(out, make([]byte, body)...)
+}
+
+// goNFSSystemErr is what go-nfs v0.0.4 puts on the wire for its
+// ResponseCodeSystemErr: its enum skips PROG_MISMATCH, so the value sent
+// is RFC 5531's GARBAGE_ARGS.
+const goNFSSystemErr = 4
+
+// laneHandler is the nfs.Handler go-nfs calls for one lane.
+//
+// Concurrency: go-nfs calls it from the lane's connection goroutine only.
+type laneHandler struct {
+	srv *Server
+	ln  *lane
+}
+
+var _ nfs.Handler = (*laneHandler)(nil)
+
+// Mount answers MOUNT MNT (RFC 1813 §5.2.1): the export is "/".
+func (h *laneHandler) Mount(_ context.Context, _ net.Conn, req nfs.MountRequest) (nfs.MountStatus, billy.Filesystem, []nfs.AuthFlavor) {
+	if p := path.Clean("/" + string(req.Dirpath)); p != "/" {
+		return nfs.MountStatusErrNoEnt, nil, nil
+	}
+	return nfs.MountStatusOk, h.ln.fs, []nfs.AuthFlavor{nfs.AuthFlavorNull}
+}
+
+func (h *laneHandler) Change(fs billy.Filesystem) billy.Change {
+	if e, ok := fs.(*exportFS); ok {
+		return e
+	}
+	return nil
+}
+
+func (h *laneHandler) FSStat(_ context.Context, _ billy.Filesystem, st *nfs.FSStat) error {
+	return h.srv.fsstat(st)
+}
+
+// ToHandle gives the persistent handle of path, assigning an id on first
+// sight. A path that does not exist gets an invalid handle and no id.
+func (h *laneHandler) ToHandle(_ billy.Filesystem, p []string) []byte {
+	r := rel(strings.Join(p, "/"))
+	if hd, _, ok := h.srv.table.lookup(r); ok {
+		return hd
+	}
+	if _, err := h.srv.core.base.Lstat(basePath(r)); err != nil {
+		return make([]byte, handleLen)
+	}
+	hd, err := h.srv.table.assign(r)
+	if err != nil {
+		h.srv.log.Error("assign file handle", "path", r, "err", err)
+		return make([]byte, handleLen)
+	}
+	return hd
+}
+
+func (h *laneHandler) FromHandle(fh []byte) (billy.Filesystem, []string, error) {
+	_, p, err := h.srv.table.resolve(fh)
+	if err != nil {
+		return nil, nil, err
+	}
+	if p == "" {
+		return h.ln.fs, []string{}, nil
+	}
+	return h.ln.fs, strings.Split(p, "/"), nil
+}
+
+// InvalidateHandle does nothing: Remove and Rename already updated the
+// table (a renamed file keeps its handle).
+func (h *laneHandler) InvalidateHandle(billy.Filesystem, []byte) error { return nil }
+
+// HandleLimit is large: handles are never evicted, so go-nfs need not
+// shorten READDIRPLUS replies to protect a cache.
+func (h *laneHandler) HandleLimit() int { return math.MaxInt32 }
+
+// fsstat fills FSSTAT (RFC 1813 §3.3.18) from statfs of the exported
+// directory, or from system memory for an in-memory export.
+func (s *Server) fsstat(st *nfs.FSStat) error {
+	if s.statfs != "" {
+		var sf syscall.Statfs_t
+		if err := syscall.Statfs(s.statfs, &sf); err != nil {
+			return &nfs.NFSStatusError{NFSStatus: statusOf(err), WrappedErr: err}
+		}
+		bs := uint64(sf.Bsize)
+		st.TotalSize, st.FreeSize, st.AvailableSize = sf.Blocks*bs, sf.Bfree*bs, sf.Bavail*bs
+		st.TotalFiles, st.FreeFiles, st.AvailableFiles = sf.Files, sf.Ffree, sf.Ffree
+	} else {
+		var si syscall.Sysinfo_t
+		if err := syscall.Sysinfo(&si); err != nil {
+			return &nfs.NFSStatusError{NFSStatus: statusOf(err), WrappedErr: err}
+		}
+		unit := uint64(si.Unit)
+		st.TotalSize, st.FreeSize, st.AvailableSize = si.Totalram*unit, si.Freeram*unit, si.Freeram*unit
+		st.TotalFiles, st.FreeFiles, st.AvailableFiles = 1<<32, 1<<32, 1<<32
+	}
+	if s.opts.ReadOnly {
+		st.AvailableSize, st.AvailableFiles = 0, 0
+	}
+	st.CacheHint = 0
+	return nil
+}
+
+// pipeListener is a net.Listener whose connections are net.Pipe ends
+// pushed in by the transport.
+//
+// Concurrency: safe for concurrent use.
+type pipeListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn, 1), done: make(chan struct{})}
+}
+
+func (p *pipeListener) push(c net.Conn) {
+	select {
+	case p.conns <- c:
+	case <-p.done:
+		c.Close()
+	}
+}
+
+func (p *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-p.conns:
+		return c, nil
+	case <-p.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (p *pipeListener) Close() error {
+	p.once.Do(func() { close(p.done) })
+	return nil
+}
+
+func (p *pipeListener) Addr() net.Addr { return pipeAddr{} }
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "in-process" }
