@@ -114,9 +114,6 @@ func TestExpiryFlush(t *testing.T) {
 		ino := f.NewInode(k)
 		inodes = append(inodes, ino)
 		mustMark(t, f, m, ino, int64(k)*PageSize, 5000)
-		if ino.DirtiedWhen().IsZero() {
-			t.Fatal("DirtiedWhen not set")
-		}
 	}
 	eventually(t, "expired inodes written back", func() bool {
 		for _, ino := range inodes {

@@ -33,6 +33,9 @@ func TestUnpinWithLastDirtyPage(t *testing.T) {
 	if st := ino.State(); st != DirtyPages|PinningCacheWB {
 		t.Fatalf("state after dirtying = %b, want DirtyPages|PinningCacheWB", st)
 	}
+	if ino.DirtiedWhen().IsZero() {
+		t.Fatal("DirtiedWhen not set on a dirty inode")
+	}
 	if s := f.Stats(); s.DirtyBytes != 4*PageSize || s.PinnedInodes != 1 || s.DirtyInodes != 1 {
 		t.Fatalf("stats %+v", s)
 	}
@@ -54,6 +57,9 @@ func TestUnpinWithLastDirtyPage(t *testing.T) {
 	}
 	if !wbc.UnpinnedCacheWB || ino.State() != 0 || m.usesOf(ino) != 0 {
 		t.Fatalf("full writeback: unpinned=%v state=%b uses=%d", wbc.UnpinnedCacheWB, ino.State(), m.usesOf(ino))
+	}
+	if !ino.DirtiedWhen().IsZero() {
+		t.Fatal("DirtiedWhen still set on a clean inode")
 	}
 	if wbc.PagesWritten != 1 {
 		t.Fatalf("PagesWritten = %d, want 1", wbc.PagesWritten)
