@@ -1,7 +1,9 @@
 package client_test
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -162,4 +164,52 @@ func oursTarget(b *testing.B) benchTarget {
 func BenchmarkSequentialOurs(b *testing.B) {
 	b.Run("read", func(b *testing.B) { benchRead(b, oursTarget(b)) })
 	b.Run("write", func(b *testing.B) { benchWrite(b, oursTarget(b)) })
+}
+
+// TestPipelining runs many calls at once over a single connection: replies
+// are matched to their callers by xid (every caller gets its own data).
+func TestPipelining(t *testing.T) {
+	s := startOurs(t)
+	c := dial(t, s.Addr, client.Options{Connections: 1, MaxIOSize: 16 << 10})
+	ctx := testCtx(t)
+	const files = 8
+	want := make([][]byte, files)
+	handles := make([]client.Handle, files)
+	for i := range want {
+		want[i] = randomBytes(t, 200<<10+i)
+		if err := os.WriteFile(filepath.Join(s.Dir, fmt.Sprint("p", i)), want[i], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		lr, err := c.Lookup(ctx, c.Root(), fmt.Sprint("p", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		handles[i] = lr.Handle
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 4*files)
+	for g := 0; g < 4*files; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			i := g % files
+			buf := make([]byte, len(want[i]))
+			if _, err := c.ReadAt(ctx, handles[i], buf, 0); err != nil {
+				errs <- err
+				return
+			}
+			if !bytes.Equal(buf, want[i]) {
+				errs <- fmt.Errorf("goroutine %d got another file's data", g)
+				return
+			}
+			if a, err := c.Getattr(ctx, handles[i]); err != nil || a.Size != uint64(len(want[i])) {
+				errs <- fmt.Errorf("GETATTR %d: %+v %v", i, a, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }
