@@ -13,6 +13,7 @@ import (
 
 	billy "github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // Options configures a Server. The zero value serves a private,
@@ -61,6 +62,7 @@ type Server struct {
 
 	lanes chan *lane
 	all   []*lane
+	dirs  *lru.Cache[uint64, dirSnapshot]
 
 	stats counters
 	bufs  bufPool
@@ -126,6 +128,7 @@ func New(fsys billy.Filesystem, opts Options) (*Server, error) {
 			s.core.osRoot = r
 		}
 	}
+	s.dirs = newDirCache()
 	s.lanes = make(chan *lane, lanes)
 	for range lanes {
 		ln := s.newLane()
