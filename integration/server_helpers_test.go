@@ -2,13 +2,16 @@ package integration
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/go-git/go-billy/v5/osfs"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
@@ -80,7 +83,16 @@ func srvSum(t testing.TB, path string) [32]byte {
 // srvMount mounts "/" of 127.0.0.1:port with go-nfs-client.
 func srvMount(t testing.TB, port string) *nfsc.Target {
 	t.Helper()
-	c, err := rpc.DialTCP("tcp", "127.0.0.1:"+port, false)
+	// go-nfs-client binds a source port from a time-seeded RNG; retry
+	// the rare collision.
+	var c *rpc.Client
+	var err error
+	for range 20 {
+		if c, err = rpc.DialTCP("tcp", "127.0.0.1:"+port, false); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,11 @@
 package server
 
 import (
+	"errors"
 	"net"
+	"syscall"
 	"testing"
+	"time"
 
 	billy "github.com/go-git/go-billy/v5"
 	"github.com/willscott/go-nfs-client/nfs"
@@ -36,7 +39,16 @@ func startServer(t testing.TB, fsys billy.Filesystem, opts Options) (*Server, st
 // mount dials addr with go-nfs-client and mounts "/".
 func mount(t testing.TB, addr string) *nfs.Target {
 	t.Helper()
-	c, err := rpc.DialTCP("tcp", addr, false)
+	// go-nfs-client binds a source port drawn from a time-seeded RNG, so
+	// clients dialing at the same instant can collide: retry those.
+	var c *rpc.Client
+	var err error
+	for range 20 {
+		if c, err = rpc.DialTCP("tcp", addr, false); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}

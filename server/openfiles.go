@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	billy "github.com/go-git/go-billy/v5"
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -30,8 +31,9 @@ type openFile struct {
 
 // openFiles keeps recently used files open so READ and WRITE do not pay an
 // open/close per RPC (go-nfs does). An LRU of at most max entries; an
-// evicted file is closed as soon as no request is using it, so open fds
-// never exceed max plus the requests in flight.
+// evicted file is closed as soon as no request is using it. Every open fd
+// holds one of max tokens, so open fds never exceed max: a miss while all
+// max files are in use waits for one to be released.
 //
 // Concurrency: safe for concurrent use. Lock order: openFiles.missMu, then
 // openFile.mu; the LRU's eviction callback runs outside the LRU's lock.
@@ -39,12 +41,13 @@ type openFiles struct {
 	base     billy.Filesystem
 	readOnly bool
 	lru      *lru.Cache[uint64, *openFile]
-	missMu   sync.Mutex // one opener per miss, so an id is never opened twice
+	missMu   sync.Mutex    // one opener per miss, so an id is never opened twice
+	tokens   chan struct{} // one per open fd, capacity max
 	fds      atomic.Int64
 }
 
 func newOpenFiles(base billy.Filesystem, max int, readOnly bool) (*openFiles, error) {
-	o := &openFiles{base: base, readOnly: readOnly}
+	o := &openFiles{base: base, readOnly: readOnly, tokens: make(chan struct{}, max)}
 	c, err := lru.NewWithEvict(max, func(_ uint64, of *openFile) { o.evict(of) })
 	if err != nil {
 		return nil, fmt.Errorf("open-file cache: %w", err)
@@ -66,6 +69,7 @@ func (o *openFiles) evict(of *openFile) {
 func (o *openFiles) closeFile(of *openFile) {
 	_ = of.f.Close()
 	o.fds.Add(-1)
+	<-o.tokens
 }
 
 func (o *openFiles) tryUse(of *openFile, write bool) bool {
@@ -92,8 +96,25 @@ func (o *openFiles) acquire(id uint64, p string, write bool) (*openFile, error) 
 		}
 		o.lru.Remove(id) // read-only fd but a write is wanted: reopen
 	}
+	info, err := o.base.Lstat(basePath(p))
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case info.IsDir():
+		return nil, pathErr("open", p, syscall.EISDIR)
+	case !info.Mode().IsRegular():
+		// FIFOs and devices would block or misbehave; symlinks are
+		// resolved by clients (READLINK), not read.
+		return nil, pathErr("open", p, syscall.EINVAL)
+	}
+	// Make room: evict the least recently used file (closed now if
+	// idle) and wait for a token if every cached file is in use.
+	if o.lru.Len() >= cap(o.tokens) {
+		o.lru.RemoveOldest()
+	}
+	o.tokens <- struct{}{}
 	var f billy.File
-	var err error
 	writable := false
 	if !o.readOnly {
 		f, err = o.base.OpenFile(basePath(p), os.O_RDWR, 0)
@@ -104,9 +125,11 @@ func (o *openFiles) acquire(id uint64, p string, write bool) (*openFile, error) 
 			if err == nil {
 				err = os.ErrPermission
 			}
+			<-o.tokens
 			return nil, err
 		}
 		if f, err = o.base.OpenFile(basePath(p), os.O_RDONLY, 0); err != nil {
+			<-o.tokens
 			return nil, err
 		}
 	}

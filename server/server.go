@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
+	"time"
 
 	billy "github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
@@ -170,6 +172,12 @@ func (s *Server) Serve(l net.Listener) error {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) {
+				// Out of fds or a client gave up: keep serving the others.
+				s.log.Warn("accept", "err", err)
+				time.Sleep(50 * time.Millisecond)
 				continue
 			}
 			return fmt.Errorf("server: accept: %w", err)

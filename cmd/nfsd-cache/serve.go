@@ -16,6 +16,7 @@ import (
 
 	billy "github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
+	nfs "github.com/willscott/go-nfs"
 
 	"github.com/nfscache/nfscache/server"
 )
@@ -56,6 +57,12 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	// go-nfs has its own process-wide logger; follow --log-level.
+	if level <= slog.LevelDebug {
+		nfs.Log.SetLevel(nfs.DebugLevel)
+	} else {
+		nfs.Log.SetLevel(nfs.ErrorLevel)
+	}
 
 	opts := server.Options{StateDir: *stateDir, ReadOnly: *readOnly, MaxOpenFiles: *maxOpen, Logger: log}
 	if *allow != "" {

@@ -1,0 +1,113 @@
+package server
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/go-git/go-billy/v5/osfs"
+	nfs "github.com/willscott/go-nfs"
+)
+
+// Renaming a directory re-points the handles of everything below it.
+func TestRenameDirectoryKeepsDescendantHandles(t *testing.T) {
+	dir, fsys := diskFS(t)
+	os.MkdirAll(filepath.Join(dir, "a/b"), 0o755)
+	os.WriteFile(filepath.Join(dir, "a/b/f"), []byte("deep"), 0o644)
+	os.WriteFile(filepath.Join(dir, "victim"), []byte("old"), 0o644)
+	_, addr := startServer(t, fsys, Options{})
+	r := dialRaw(t, addr)
+	root := r.rootHandle()
+	a, _ := r.lookup(root, "a")
+	b, _ := r.lookup(a, "b")
+	f, _ := r.lookup(b, "f")
+	victim, _ := r.lookup(root, "victim")
+	if st := r.rename(root, "a", root, "z"); st != 0 {
+		t.Fatalf("rename dir: %d", st)
+	}
+	if st, data := r.read(f, 0, 10); st != 0 || string(data) != "deep" {
+		t.Fatalf("read via old handle after parent rename: %d %q", st, data)
+	}
+	if h, _ := r.lookup(b, "f"); !bytes.Equal(h, f) {
+		t.Fatal("LOOKUP under renamed dir gave a new handle")
+	}
+	// Rename a file over another: the overwritten file's handle is stale.
+	if st := r.rename(b, "f", root, "victim"); st != 0 {
+		t.Fatalf("rename over file: %d", st)
+	}
+	if st := r.getattr(victim); st != nfsStale {
+		t.Fatalf("handle of overwritten file: %d, want STALE", st)
+	}
+	if st, data := r.read(f, 0, 10); st != 0 || string(data) != "deep" {
+		t.Fatalf("moved file: %d %q", st, data)
+	}
+}
+
+// A full filesystem reaches the client as NOSPC.
+func TestWriteNoSpace(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
+		t.Skipf("cannot mount a small tmpfs here (%v); TestStatusTable covers the mapping", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, 0) }) // after the server closes its files
+	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644)
+	_, addr := startServer(t, osfs.New(dir, osfs.WithBoundOS()), Options{})
+	r := dialRaw(t, addr)
+	fh, _ := r.lookup(r.rootHandle(), "f")
+	var st uint32
+	for off := uint64(0); off < 1<<20 && st == 0; off += 32 << 10 {
+		st, _, _ = r.write(fh, off, 2, make([]byte, 32<<10))
+	}
+	if st != 28 {
+		t.Fatalf("write to a full filesystem: status %d, want NOSPC (28)", st)
+	}
+}
+
+// The errno → nfsstat3 table, including wrapped errors go-nfs would miss.
+func TestStatusTable(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want nfs.NFSStatus
+	}{
+		{fmt.Errorf("x: %w", &os.PathError{Err: syscall.ENOENT}), nfs.NFSStatusNoEnt},
+		{syscall.ENOSPC, nfs.NFSStatusNoSPC},
+		{syscall.ENOTEMPTY, nfs.NFSStatusNotEmpty},
+		{syscall.EEXIST, nfs.NFSStatusExist},
+		{syscall.ENOTDIR, nfs.NFSStatusNotDir},
+		{syscall.EISDIR, nfs.NFSStatusIsDir},
+		{syscall.EROFS, nfs.NFSStatusROFS},
+		{syscall.EDQUOT, nfs.NFSStatusDQuot},
+		{syscall.EACCES, nfs.NFSStatusAccess},
+		{fmt.Errorf("wrapped: %w", errStaleHandle), nfs.NFSStatusStale},
+		{errBadHandle, nfs.NFSStatusBadHandle},
+		{os.ErrExist, nfs.NFSStatusExist},
+		{fmt.Errorf("opaque"), nfs.NFSStatusIO},
+	} {
+		if got := statusOf(c.err); got != c.want {
+			t.Errorf("statusOf(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}
+
+// READ of a FIFO is refused instead of blocking the server on open.
+func TestReadSpecialFileRefused(t *testing.T) {
+	dir, fsys := diskFS(t)
+	if err := exec.Command("mkfifo", filepath.Join(dir, "fifo")).Run(); err != nil {
+		if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644); err != nil {
+			t.Fatalf("mkfifo: %v", err)
+		}
+	}
+	_, addr := startServer(t, fsys, Options{})
+	r := dialRaw(t, addr)
+	h, st := r.lookup(r.rootHandle(), "fifo")
+	if st != 0 {
+		t.Fatal(st)
+	}
+	if st, _ := r.read(h, 0, 10); st != 22 {
+		t.Fatalf("READ of a FIFO: status %d, want INVAL", st)
+	}
+}
