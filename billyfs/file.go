@@ -302,7 +302,7 @@ func (f *File) Close() error {
 		}
 	}
 	if !f.fs.s.isClosed() {
-		f.fs.s.lastClose(ino)
+		f.fs.s.lastClose(ino, f.writable)
 	}
 	return err
 }
@@ -314,7 +314,7 @@ func (s *state) isClosed() bool {
 }
 
 // lastClose drops an open of ino; the last one ends a cache bypass.
-func (s *state) lastClose(ino *inode) {
+func (s *state) lastClose(ino *inode, writable bool) {
 	s.mu.Lock()
 	last := ino.opens == 1
 	s.mu.Unlock()
@@ -323,7 +323,7 @@ func (s *state) lastClose(ino *inode) {
 		ino.bypass = false
 		ino.mu.Unlock()
 	}
-	s.putInode(ino)
+	s.putInode(ino, writable)
 }
 
 // fileInfo is an os.FileInfo from NFS attributes.

@@ -34,7 +34,8 @@ type inode struct {
 	revalMu sync.Mutex
 
 	// guarded by state.mu
-	opens int
+	opens   int
+	writers int // open Files with write access
 	elem  *list.Element // in state.idle while opens == 0
 
 	mu         sync.Mutex
@@ -63,7 +64,11 @@ func sameVersion(a, b client.Attr) bool {
 // getInode returns the inode for fh with one open counted, creating it (and
 // acquiring its cookie) if needed, and revalidates it against attr, fresh
 // from the server (close-to-open).
-func (s *state) getInode(ctx context.Context, fh client.Handle, attr client.Attr) (*inode, error) {
+func (s *state) getInode(ctx context.Context, fh client.Handle, attr client.Attr, writable bool) (*inode, error) {
+	w := 0
+	if writable {
+		w = 1
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -71,20 +76,22 @@ func (s *state) getInode(ctx context.Context, fh client.Handle, attr client.Attr
 	}
 	ino := s.inodes[string(fh)]
 	if ino != nil {
+		otherWriters := ino.writers > 0
 		ino.opens++
+		ino.writers += w
 		if ino.elem != nil {
 			s.idle.Remove(ino.elem)
 			ino.elem = nil
 		}
 		s.mu.Unlock()
 		<-ino.ready
-		if err := ino.revalidate(ctx, attr); err != nil {
-			s.putInode(ino)
+		if err := ino.revalidate(ctx, attr, otherWriters); err != nil {
+			s.putInode(ino, writable)
 			return nil, err
 		}
 		return ino, nil
 	}
-	ino = &inode{s: s, fh: fh, ready: make(chan struct{}), opens: 1, attr: attr, size: int64(attr.Size)}
+	ino = &inode{s: s, fh: fh, ready: make(chan struct{}), opens: 1, writers: w, attr: attr, size: int64(attr.Size)}
 	s.inodes[string(fh)] = ino
 	s.mu.Unlock()
 	if s.vol != nil {
@@ -111,9 +118,12 @@ func (s *state) getInode(ctx context.Context, fh client.Handle, attr client.Attr
 
 // putInode drops an open; an inode without opens goes to the idle list and
 // the oldest idle inodes beyond Options.MaxInodes are evicted.
-func (s *state) putInode(ino *inode) {
+func (s *state) putInode(ino *inode, writable bool) {
 	s.mu.Lock()
 	ino.opens--
+	if writable {
+		ino.writers--
+	}
 	if ino.opens == 0 && s.inodes[string(ino.fh)] == ino {
 		ino.elem = s.idle.PushBack(ino)
 	}
@@ -293,14 +303,17 @@ func (ino *inode) flush(ctx context.Context) error {
 // (our own writes included), the cached data is another version of the
 // file and is invalidated (fscache_invalidate). Our unwritten data is
 // written back first, so it is neither lost nor mistaken for a remote
-// change.
-func (ino *inode) revalidate(ctx context.Context, server client.Attr) error {
+// change. While another File of ours has the file open for writing, a
+// change is taken to be ours (attributes fetched before our latest write
+// landed look "changed"), as the Linux client does when the inode has
+// writers (nfs_file_has_buffered_writers): the data is kept.
+func (ino *inode) revalidate(ctx context.Context, server client.Attr, otherWriters bool) error {
 	ino.revalMu.Lock()
 	defer ino.revalMu.Unlock()
 	ino.mu.Lock()
 	same := sameVersion(ino.attr, server)
 	ino.mu.Unlock()
-	if same {
+	if same || otherWriters {
 		return nil
 	}
 	if ino.dirty() {

@@ -92,7 +92,7 @@ func (f *FS) openFile(name string, flag int, perm os.FileMode) (*File, error) {
 		}
 		n.attr = a
 	}
-	ino, err := s.getInode(ctx, n.fh, n.attr)
+	ino, err := s.getInode(ctx, n.fh, n.attr, file.writable)
 	if err != nil {
 		return nil, s.pathErr("open", name, err)
 	}
@@ -127,7 +127,9 @@ func (f *FS) create(rel string, flag int, perm os.FileMode) (node, bool, error) 
 	}
 	mode := uint32(perm.Perm())
 	for attempt := 0; attempt < 3; attempt++ {
-		if flag&os.O_EXCL == 0 {
+		// First try to create (one RPC for a new file); a name that
+		// exists is looked up after the guarded CREATE refused it.
+		if flag&os.O_EXCL == 0 && attempt > 0 {
 			n, err := s.lookup(ctx, dir, name)
 			if err == nil {
 				if n.attr.Type == client.TypeLnk {
@@ -142,7 +144,7 @@ func (f *FS) create(rel string, flag int, perm os.FileMode) (node, bool, error) 
 		r, err := s.clnt.Create(ctx, dir, name, client.CreateHow{Mode: client.Guarded, Attr: client.SetAttr{Mode: &mode}})
 		s.dropAttr(dir)
 		if errors.Is(err, syscall.EEXIST) && flag&os.O_EXCL == 0 {
-			continue // created meanwhile: open it
+			continue // exists: open it
 		}
 		if err != nil {
 			return node{}, false, err

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -194,7 +195,7 @@ func TestBillyfsManyFilesBoundedFDs(t *testing.T) {
 	)
 	srv := bfsStartServer(t)
 	cacheDir := t.TempDir()
-	fsys := bfsMount(t, srv, billyfs.Options{CacheDir: cacheDir, MaxOpenFiles: maxOpenFiles})
+	fsys := bfsMount(t, srv, billyfs.Options{CacheDir: cacheDir, MaxOpenFiles: maxOpenFiles, Connections: 16})
 	content := func(i int) []byte {
 		return bfsRand(int64(1000+i), 1000+(i*7919)%20000)
 	}
@@ -212,7 +213,7 @@ func TestBillyfsManyFilesBoundedFDs(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(200 * time.Microsecond):
+			case <-time.After(2 * time.Millisecond):
 			}
 		}
 	}()
@@ -277,5 +278,40 @@ func TestBillyfsManyFilesBoundedFDs(t *testing.T) {
 	}
 	if peakFDs.Load() == 0 {
 		t.Fatal("sampler never saw a backing fd: the test measured nothing")
+	}
+}
+
+// With the cache on a 2 MiB tmpfs, backing writes fail with ENOSPC: the
+// cache steps aside (fscache.ErrCacheUnavailable), billyfs sends the data
+// to the server instead, and nothing is lost, for writes and for reads.
+func TestBillyfsCacheFullStepsAside(t *testing.T) {
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v: %s); the step-aside path is then untested end to end", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	srv := bfsStartServer(t)
+	remote := bfsRand(11, 5<<20)
+	if err := os.WriteFile(filepath.Join(srv.Dir, "remote"), remote, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fsys := bfsMount(t, srv, billyfs.Options{CacheDir: filepath.Join(mnt, "cache")})
+
+	local := bfsRand(12, 6<<20+3)
+	bfsWrite(t, fsys, "local", local)
+	if got, err := os.ReadFile(filepath.Join(srv.Dir, "local")); err != nil || !bytes.Equal(got, local) {
+		t.Fatalf("server copy of a file written through a full cache: %d bytes, err %v", len(got), err)
+	}
+	if got := bfsRead(t, fsys, "remote"); !bytes.Equal(got, remote) {
+		t.Fatal("read through a full cache differs")
+	}
+	if got := bfsRead(t, fsys, "local"); !bytes.Equal(got, local) {
+		t.Fatal("reread through a full cache differs")
+	}
+	if err := fsys.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if st := fsys.Stats(); st.Cache.NoSpace == 0 {
+		t.Fatalf("the cache never ran out of space (stats %+v): the test proved nothing", st.Cache)
 	}
 }
