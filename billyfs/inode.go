@@ -35,8 +35,8 @@ type inode struct {
 
 	// guarded by state.mu
 	opens   int
-	writers int // open Files with write access
-	elem  *list.Element // in state.idle while opens == 0
+	writers int           // open Files with write access
+	elem    *list.Element // in state.idle while opens == 0
 
 	mu         sync.Mutex
 	attr       client.Attr // server attributes as last known
