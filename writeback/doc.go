@@ -40,9 +40,11 @@
 // (writeback sees a dirty page and keeps the pin) or runs its test-and-set
 // after the bit is cleared (and pins again). So once a dirtier's pin call has
 // returned, its dirty data has a pin, and writeback never has to reopen a
-// cache file — the EMFILE/exit() problem the pinning commit fixes. A pin can linger on a clean inode only
-// when writeback cleaned it between the dirtying and the pin; such an inode
-// is queued, and the next writeback of it unpins it.
+// cache file — the EMFILE/exit() problem the pinning commit fixes. A pin can
+// linger on a clean inode only when writeback cleaned it between the
+// dirtying and the pin; such an inode is put at the head of the flusher's
+// list as already expired and the flusher is woken, so the pin is dropped at
+// once.
 //
 // # Errors
 //
@@ -81,12 +83,16 @@
 //
 // # Lock order
 //
-//	Inode.wbMu (one writeback per inode, I_SYNC)
+//	Flusher.passMu (one flusher pass at a time)
+//	→ Inode.wbMu (one writeback per inode, I_SYNC)
 //	  → Inode.mu (i_lock)
 //	    → Flusher.mu (wb->list_lock)
 //
-// No lock is held while Filesystem.WritePages, Filesystem.WriteInode or a
-// MarkDirty pin hook runs; they may call Inode methods (Inode.MarkDirty to
-// re-dirty, e.g. after an NFS COMMIT verifier change) but must not call
-// Flusher.MarkDirty or Sync on the inode being written.
+// Inode.mu and Flusher.mu are never held while Filesystem.WritePages,
+// Filesystem.WriteInode or a MarkDirty pin hook runs. The callbacks run
+// inside a writeback, holding Inode.wbMu (and Flusher.passMu when the
+// flusher calls them): they may call Inode methods (Inode.MarkDirty to
+// re-dirty, e.g. after an NFS COMMIT verifier change) but not
+// Flusher.MarkDirty (its throttle may wait for this very writeback), Sync,
+// SyncAll or Close.
 package writeback

@@ -91,8 +91,9 @@ type Stats struct {
 // throttled), and the throttle itself.
 //
 // Concurrency: all methods are safe for concurrent use. Lock order:
-// Inode.wbMu → Inode.mu → Flusher.mu; no lock is held while the
-// Filesystem callbacks or a MarkDirty pin hook run.
+// Flusher.passMu → Inode.wbMu → Inode.mu → Flusher.mu; Inode.mu and
+// Flusher.mu are never held while the Filesystem callbacks or a MarkDirty
+// pin hook run.
 type Flusher struct {
 	fs   Filesystem
 	opts Options
@@ -121,6 +122,8 @@ type Flusher struct {
 	kick chan struct{}
 	stop chan struct{}
 	done chan struct{}
+
+	passMu sync.Mutex // held for each flusher pass; outermost lock (tests pause the flusher with it)
 }
 
 type queued struct {
@@ -364,7 +367,9 @@ func (f *Flusher) run() {
 		case <-t.C:
 		case <-f.kick:
 		}
+		f.passMu.Lock()
 		f.pass()
+		f.passMu.Unlock()
 	}
 }
 
@@ -452,6 +457,20 @@ func (f *Flusher) queueLocked(ino *Inode, when time.Time) {
 		f.entries[ino] = f.queue.PushBack(&queued{ino: ino, when: when})
 	}
 	f.mu.Unlock()
+}
+
+// queueNowLocked puts ino at the head of the dirty list as already
+// expired and wakes the flusher. Called with ino.mu held.
+func (f *Flusher) queueNowLocked(ino *Inode) {
+	f.mu.Lock()
+	if e, ok := f.entries[ino]; ok {
+		e.Value.(*queued).when = time.Time{}
+		f.queue.MoveToFront(e)
+	} else {
+		f.entries[ino] = f.queue.PushFront(&queued{ino: ino})
+	}
+	f.mu.Unlock()
+	f.wake()
 }
 
 // requeueLocked moves ino to the tail of the dirty list with a new time.

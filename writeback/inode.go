@@ -121,7 +121,7 @@ func (i *Inode) DirtiedWhen() time.Time {
 // kernel's fscache_set_page_dirty has that window too). If writeback cleaned the inode between the
 // dirtying and this call, the pin would linger on a clean inode; the inode
 // is then queued so that the flusher's next pass (or the next Sync) finds
-// it clean and unpins it.
+// it clean and unpins it (at once, without waiting for DirtyExpire).
 func (i *Inode) SetPinningCacheWB() (newlySet bool) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -132,7 +132,9 @@ func (i *Inode) SetPinningCacheWB() (newlySet bool) {
 	if i.f != nil {
 		i.f.pinned.Add(1)
 		if i.state&DirtyPages == 0 {
-			i.f.queueLocked(i, time.Now()) // lingering pin: let writeback drop it
+			// A lingering pin holds a cache file open for nothing: have
+			// the flusher's next wakeup drop it, not the next expiry.
+			i.f.queueNowLocked(i)
 		}
 	}
 	return true

@@ -42,12 +42,12 @@ type Control struct {
 }
 
 // Filesystem is what writeback needs from the filesystem that owns the
-// inodes: ->writepages and ->write_inode. Its methods are called without
-// any lock of this package held, concurrently for different inodes but
-// never concurrently for the same inode (one writeback per inode). They may
-// call Inode methods (MarkDirty to re-dirty, Size, Owner) but not
-// Flusher.MarkDirty or Sync on the inode being written (that would wait
-// for the writeback that is calling them).
+// inodes: ->writepages and ->write_inode. Its methods are called
+// concurrently for different inodes but never for the same inode at once
+// (one writeback per inode), with no state lock of this package held. They
+// may call Inode methods (MarkDirty to re-dirty, Size, Owner) but not
+// Flusher.MarkDirty, Sync, SyncAll or Close, which can wait for the very
+// writeback that is calling them.
 type Filesystem interface {
 	// WritePages writes the given dirty extents (sorted, disjoint,
 	// page-aligned; the last may run past Size, which the filesystem

@@ -95,7 +95,7 @@ func pinRace(t *testing.T, faults bool) {
 		inodes[k] = f.NewInode(k)
 	}
 	// Dirtiers and writers hold gate shared; the checker takes it
-	// exclusively to see a quiescent state.
+	// exclusively (and pauses the flusher) to see a quiescent state.
 	var gate sync.RWMutex
 	ctx := context.Background()
 	stop := make(chan struct{})
@@ -172,6 +172,9 @@ func pinRace(t *testing.T, faults bool) {
 	check := func() {
 		gate.Lock()
 		defer gate.Unlock()
+		// A lingering pin wakes the flusher: pause it between passes too.
+		f.passMu.Lock()
+		defer f.passMu.Unlock()
 		for _, ino := range inodes {
 			st := ino.State()
 			if st&DirtyPages != 0 && st&PinningCacheWB == 0 {
@@ -244,10 +247,11 @@ func pinRace(t *testing.T, faults bool) {
 
 // TestLingeringPinIsDropped: writeback cleans the inode between MarkDirty's
 // dirtying and its pin hook (simulated by writing back inside the hook),
-// so the pin lands on a clean inode. The flusher must still drop it.
+// so the pin lands on a clean inode. The flusher must drop it promptly, not
+// after DirtyExpire (an hour here) or its next periodic wakeup.
 func TestLingeringPinIsDropped(t *testing.T) {
 	m := newMemFS(t)
-	f := New(m, Options{DirtyExpire: 5 * time.Millisecond, Interval: time.Millisecond})
+	f := New(m, longExpire)
 	defer f.Close()
 	ino := f.NewInode("late")
 	m.write(ino, 0, PageSize)
