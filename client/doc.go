@@ -61,4 +61,18 @@
 //
 // Stats reports per-procedure call counts, errors and summed latency, bytes
 // read, written and resent, retransmissions and reconnections.
+//
+// # How it is tested
+//
+// Against real servers on 127.0.0.1: this project's server (in-process,
+// including a restart on the same port and state directory in the middle of
+// a WriteAt), stock go-nfs, and nfs-ganesha (internal/ganeshatest, including
+// a restart between WRITE and COMMIT). Faults are injected by a volatile
+// write-cache proxy in front of a real server (it acknowledges UNSTABLE
+// writes, loses them in a "crash" and changes its verifier) and by scripted
+// in-memory servers (1-byte fragments, oversized READ data, a connection
+// that drops after a call was sent). FuzzReply feeds arbitrary replies to
+// every decoder; its corpus in testdata/fuzz runs in every go test.
+// BenchmarkSequential and BenchmarkSequentialOurs compare 256 MiB sequential
+// reads and writes with go-nfs-client against the same servers.
 package client
