@@ -265,7 +265,10 @@ func (c *Client) startCall(prog, vers, proc uint32, argHint int) (*encoder, uint
 }
 
 // roundTrip sends the call and returns it with the reply body; it records
-// statistics.
+// statistics. An NFS reply of NFS3ERR_JUKEBOX ("try again later", RFC 1813
+// §2.6) is retried like Linux's nfs3_rpc_wrapper does, with a fresh xid and
+// a growing delay (jukeboxFirst … jukeboxMax), until Options.Timeout has
+// passed since the first send; then the JUKEBOX status is returned (EAGAIN).
 func (c *Client) roundTrip(ctx context.Context, r request, e *encoder, xid uint32) (*call, error) {
 	size := len(e.b) - 4 + len(r.data) + padLen(len(r.data))
 	binary.BigEndian.PutUint32(e.b[0:4], lastFragment|uint32(size))
@@ -273,14 +276,36 @@ func (c *Client) roundTrip(ctx context.Context, r request, e *encoder, xid uint3
 		xid: xid, proc: r.name, idempotent: r.idempotent,
 		msg: e.b, data: r.data, sink: r.sink, done: make(chan struct{}, 1),
 	}
-	start := time.Now()
-	err := r.cn.do(ctx, cl)
-	c.stats.record(r.prog, r.proc, time.Since(start), err)
-	if err != nil {
-		return nil, err
+	first := time.Now()
+	for delay := jukeboxFirst; ; delay = min(2*delay, jukeboxMax) {
+		start := time.Now()
+		err := r.cn.do(ctx, cl)
+		c.stats.record(r.prog, r.proc, time.Since(start), err)
+		if err != nil {
+			return nil, err
+		}
+		if r.prog != progNFS || len(cl.body) < 4 || Status(binary.BigEndian.Uint32(cl.body)) != StatusJukebox ||
+			time.Since(first)+delay > c.opts.Timeout {
+			return cl, nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		cl.xid = c.xid.Add(1)
+		binary.BigEndian.PutUint32(cl.msg[4:8], cl.xid)
+		cl.body, cl.sinkN = nil, 0
 	}
-	return cl, nil
 }
+
+// Delays between retries of a call the server answered NFS3ERR_JUKEBOX.
+const (
+	jukeboxFirst = 100 * time.Millisecond
+	jukeboxMax   = 2 * time.Second
+)
 
 func (c *Client) pick() *conn {
 	if len(c.conns) == 1 {

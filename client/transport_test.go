@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -161,5 +162,40 @@ func TestRetransmitPolicy(t *testing.T) {
 	defer s.mu.Unlock()
 	if len(s.xids) != 1 {
 		t.Fatalf("REMOVE must not be retransmitted; server saw %d copies", len(s.xids))
+	}
+}
+
+// TestJukeboxRetry: NFS3ERR_JUKEBOX is retried (with a new xid) until the
+// server answers; a server that never stops answering JUKEBOX yields EAGAIN
+// once Options.Timeout has passed.
+func TestJukeboxRetry(t *testing.T) {
+	var mu sync.Mutex
+	jukeboxes := 2
+	s := &scriptedServer{handle: func(int, []byte) ([]byte, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if jukeboxes != 0 {
+			jukeboxes--
+			return acceptedOK(uint32(StatusJukebox)), 1 << 20
+		}
+		return append(acceptedOK(0), make([]byte, fattrSize)...), 1 << 20
+	}}
+	c := scriptedClient(t, s)
+	if _, err := c.Getattr(context.Background(), Handle{1}); err != nil {
+		t.Fatalf("GETATTR after two JUKEBOX replies: %v", err)
+	}
+	s.mu.Lock()
+	if len(s.xids) != 3 || s.xids[0] == s.xids[1] || s.xids[1] == s.xids[2] {
+		t.Fatalf("want 3 sends with distinct xids, saw %v", s.xids)
+	}
+	s.mu.Unlock()
+
+	mu.Lock()
+	jukeboxes = -1 // forever
+	mu.Unlock()
+	c.opts.Timeout = 500 * time.Millisecond
+	_, err := c.Getattr(context.Background(), Handle{1})
+	if !errors.Is(err, syscall.EAGAIN) {
+		t.Fatalf("endless JUKEBOX: want EAGAIN, got %v", err)
 	}
 }
