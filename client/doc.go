@@ -55,7 +55,8 @@
 //
 // A non-OK NFS status is a *Error{Proc, Status}; errors.Is(err,
 // syscall.ENOENT) works through Unwrap, from the one NFS3ERR ↔ errno table in
-// errors.go (Status.Errno, StatusFromErrno).
+// errors.go (Status.Errno, StatusFromErrno). NFS3ERR_JUKEBOX is retried
+// (fresh xid, 100 ms doubling to 2 s) until Options.Timeout, then returned.
 //
 // # Statistics
 //
