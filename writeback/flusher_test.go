@@ -155,7 +155,7 @@ func TestBackgroundThreshold(t *testing.T) {
 func TestThrottleBoundsDirtyBytes(t *testing.T) {
 	const limit = 16 * PageSize
 	m := newMemFS(t)
-	m.delay = 200 * time.Microsecond
+	m.delay = time.Millisecond // slow enough that writers always reach the limit
 	f := New(m, Options{DirtyExpire: time.Hour, Interval: time.Hour, DirtyLimitBytes: limit})
 	defer f.Close()
 	var peakMu sync.Mutex
