@@ -5,34 +5,31 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
-	nfs "github.com/willscott/go-nfs"
-	nfshelper "github.com/willscott/go-nfs/helpers"
 
 	. "gopkg.in/check.v1"
 
 	"github.com/nfscache/nfscache/billyfs"
+	"github.com/nfscache/nfscache/server"
 )
 
-// testServer is a live NFSv3 server on 127.0.0.1 exporting a directory.
+// testServer is a live NFSv3 server (our server package) on 127.0.0.1
+// exporting a directory.
 type testServer struct {
-	Addr  string
-	Dir   string
-	reads *atomic.Int64
-	stop  func()
+	Addr string
+	Dir  string
+	srv  *server.Server
+	stop func()
 }
 
-// Reads counts READ RPCs the server executed (each READ reads its export
-// file once with ReadAt).
-func (s *testServer) Reads() int64 { return s.reads.Load() }
+// Reads counts the READ RPCs the server answered.
+func (s *testServer) Reads() int64 { return int64(s.srv.Stats().NFS[server.ProcRead]) }
 
-// startServer serves a fresh directory with go-nfs over osfs until the
-// test ends.
+// startServer serves a fresh directory until the test ends.
 func startServer(t testing.TB) *testServer {
 	t.Helper()
 	srv, err := newServer(t.TempDir())
@@ -52,19 +49,22 @@ func startServerC(c *C) *testServer {
 }
 
 func newServer(dir string) (*testServer, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, err := server.New(osfs.New(dir, osfs.WithBoundOS()), server.Options{})
 	if err != nil {
 		return nil, err
 	}
-	reads := new(atomic.Int64)
-	fsys := &countingFS{Filesystem: osfs.New(dir), dir: dir, reads: reads}
-	handler := nfshelper.NewCachingHandler(nfshelper.NewNullAuthHandler(fsys), 1<<16)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = nfs.Serve(l, handler)
+		_ = srv.Serve(l)
 	}()
-	return &testServer{Addr: l.Addr().String(), Dir: dir, reads: reads, stop: func() {
+	return &testServer{Addr: l.Addr().String(), Dir: dir, srv: srv, stop: func() {
+		srv.Close()
 		l.Close()
 		<-done
 	}}, nil
@@ -82,52 +82,31 @@ func mount(t testing.TB, srv *testServer, opts billyfs.Options) *billyfs.FS {
 	return fsys
 }
 
-// countingFS counts the data reads the server does for READ calls.
-type countingFS struct {
+// osChangeFS is go-billy's osfs plus billy.Change done with package os
+// (osfs has only Chmod): the reference filesystem of the behaviour suite.
+type osChangeFS struct {
 	billy.Filesystem
-	dir   string
-	reads *atomic.Int64
+	dir string
 }
 
-func (c *countingFS) Open(name string) (billy.File, error) {
-	f, err := c.Filesystem.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	return &countingFile{File: f, reads: c.reads}, nil
-}
-
-type countingFile struct {
-	billy.File
-	reads *atomic.Int64
-}
-
-func (f *countingFile) ReadAt(p []byte, off int64) (int, error) {
-	f.reads.Add(1)
-	return f.File.ReadAt(p, off)
-}
-
-// The Change methods act on the exported directory directly: osfs's
-// chroot helper has only Chmod, and go-nfs needs all of billy.Change to
-// apply CREATE/SETATTR attributes.
-func (c *countingFS) Chmod(name string, mode os.FileMode) error {
+func (c *osChangeFS) Chmod(name string, mode os.FileMode) error {
 	return os.Chmod(c.path(name), mode)
 }
 
-func (c *countingFS) Lchown(name string, uid, gid int) error {
+func (c *osChangeFS) Lchown(name string, uid, gid int) error {
 	return os.Lchown(c.path(name), uid, gid)
 }
 
-func (c *countingFS) Chown(name string, uid, gid int) error {
+func (c *osChangeFS) Chown(name string, uid, gid int) error {
 	return os.Chown(c.path(name), uid, gid)
 }
 
-func (c *countingFS) Chtimes(name string, atime, mtime time.Time) error {
+func (c *osChangeFS) Chtimes(name string, atime, mtime time.Time) error {
 	return os.Chtimes(c.path(name), atime, mtime)
 }
 
-func (c *countingFS) path(name string) string {
+func (c *osChangeFS) path(name string) string {
 	return filepath.Join(c.dir, filepath.Clean("/"+name))
 }
 
-func (c *countingFS) Capabilities() billy.Capability { return billy.Capabilities(c.Filesystem) }
+func (c *osChangeFS) Capabilities() billy.Capability { return billy.Capabilities(c.Filesystem) }

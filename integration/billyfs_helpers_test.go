@@ -5,50 +5,47 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
-	nfs "github.com/willscott/go-nfs"
-	nfshelper "github.com/willscott/go-nfs/helpers"
 
 	"github.com/nfscache/nfscache/billyfs"
+	"github.com/nfscache/nfscache/server"
 )
 
-// bfsServer is a live NFSv3 server on 127.0.0.1 exporting a directory, for
-// the billyfs end-to-end tests.
+// bfsServer is a live NFSv3 server (our server package) on 127.0.0.1
+// exporting a directory, for the billyfs end-to-end tests.
 type bfsServer struct {
-	Addr  string
-	Dir   string
-	reads *atomic.Int64
+	Addr string
+	Dir  string
+	srv  *server.Server
 }
 
-// Reads counts the READ RPCs the server executed: go-nfs serves each READ
-// with exactly one ReadAt on the exported file, which the wrapper counts.
-func (s *bfsServer) Reads() int64 { return s.reads.Load() }
+// Reads counts the READ RPCs the server answered.
+func (s *bfsServer) Reads() int64 { return int64(s.srv.Stats().NFS[server.ProcRead]) }
 
 func bfsStartServer(t testing.TB) *bfsServer {
 	t.Helper()
 	dir := t.TempDir()
+	srv, err := server.New(osfs.New(dir, osfs.WithBoundOS()), server.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	reads := new(atomic.Int64)
-	fsys := &bfsCountingFS{Filesystem: osfs.New(dir), dir: dir, reads: reads}
-	handler := nfshelper.NewCachingHandler(nfshelper.NewNullAuthHandler(fsys), 1<<16)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = nfs.Serve(l, handler)
+		_ = srv.Serve(l)
 	}()
 	t.Cleanup(func() {
+		srv.Close()
 		l.Close()
 		<-done
 	})
-	return &bfsServer{Addr: l.Addr().String(), Dir: dir, reads: reads}
+	return &bfsServer{Addr: l.Addr().String(), Dir: dir, srv: srv}
 }
 
 func bfsMount(t testing.TB, srv *bfsServer, opts billyfs.Options) *billyfs.FS {
@@ -60,55 +57,6 @@ func bfsMount(t testing.TB, srv *bfsServer, opts billyfs.Options) *billyfs.FS {
 	}
 	t.Cleanup(func() { fsys.Close() })
 	return fsys
-}
-
-// bfsCountingFS counts data reads and adds billy.Change through package os
-// (osfs's chroot helper has only Chmod; go-nfs needs all of billy.Change to
-// apply CREATE/SETATTR attributes).
-type bfsCountingFS struct {
-	billy.Filesystem
-	dir   string
-	reads *atomic.Int64
-}
-
-func (c *bfsCountingFS) Open(name string) (billy.File, error) {
-	f, err := c.Filesystem.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	return &bfsCountingFile{File: f, reads: c.reads}, nil
-}
-
-func (c *bfsCountingFS) path(name string) string {
-	return filepath.Join(c.dir, filepath.Clean("/"+name))
-}
-
-func (c *bfsCountingFS) Chmod(name string, mode os.FileMode) error {
-	return os.Chmod(c.path(name), mode)
-}
-
-func (c *bfsCountingFS) Lchown(name string, uid, gid int) error {
-	return os.Lchown(c.path(name), uid, gid)
-}
-
-func (c *bfsCountingFS) Chown(name string, uid, gid int) error {
-	return os.Chown(c.path(name), uid, gid)
-}
-
-func (c *bfsCountingFS) Chtimes(name string, atime, mtime time.Time) error {
-	return os.Chtimes(c.path(name), atime, mtime)
-}
-
-func (c *bfsCountingFS) Capabilities() billy.Capability { return billy.Capabilities(c.Filesystem) }
-
-type bfsCountingFile struct {
-	billy.File
-	reads *atomic.Int64
-}
-
-func (f *bfsCountingFile) ReadAt(p []byte, off int64) (int, error) {
-	f.reads.Add(1)
-	return f.File.ReadAt(p, off)
 }
 
 // bfsOpenBackingFDs counts this process's open descriptors on files under

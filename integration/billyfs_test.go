@@ -200,14 +200,25 @@ func TestBillyfsManyFilesBoundedFDs(t *testing.T) {
 		return bfsRand(int64(1000+i), 1000+(i*7919)%20000)
 	}
 
+	// The sampler counts backing fds in /proc/self/fd while no billyfs
+	// call is running (writers hold gate shared around each call; files
+	// stay open, dirty and pinned between calls): a listing of
+	// /proc/self/fd is not atomic, and counting it while fds are closed and
+	// their numbers reused could count one slot twice.
+	var gate sync.RWMutex
 	var peakFDs atomic.Int64
+	var samples atomic.Int64
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() {
 		defer close(sampled)
 		objects := filepath.Join(cacheDir, "objects")
 		for {
-			if n := int64(bfsOpenBackingFDs(objects)); n > peakFDs.Load() {
+			gate.Lock()
+			n := int64(bfsOpenBackingFDs(objects))
+			gate.Unlock()
+			samples.Add(1)
+			if n > peakFDs.Load() {
 				peakFDs.Store(n)
 			}
 			select {
@@ -217,6 +228,11 @@ func TestBillyfsManyFilesBoundedFDs(t *testing.T) {
 			}
 		}
 	}()
+	step := func(fn func() error) error {
+		gate.RLock()
+		defer gate.RUnlock()
+		return fn()
+	}
 
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -231,22 +247,23 @@ func TestBillyfsManyFilesBoundedFDs(t *testing.T) {
 					return
 				}
 				name := fmt.Sprintf("d%02d/file%04d", i%50, i)
-				f, err := fsys.Create(name)
-				if err != nil {
-					errs <- err
-					return
-				}
 				data := content(i)
+				var f billy.File
 				// Two writes: the second dirties an already dirty inode.
-				if _, err := f.Write(data[:len(data)/2]); err != nil {
-					errs <- err
-					return
+				err := step(func() (err error) {
+					if f, err = fsys.Create(name); err != nil {
+						return err
+					}
+					_, err = f.Write(data[:len(data)/2])
+					return err
+				})
+				if err == nil {
+					err = step(func() error { _, err := f.Write(data[len(data)/2:]); return err })
 				}
-				if _, err := f.Write(data[len(data)/2:]); err != nil {
-					errs <- err
-					return
+				if err == nil {
+					err = step(f.Close)
 				}
-				if err := f.Close(); err != nil {
+				if err != nil {
 					errs <- err
 					return
 				}
@@ -271,8 +288,8 @@ func TestBillyfsManyFilesBoundedFDs(t *testing.T) {
 			t.Fatalf("%s on the server: %d bytes, err %v", name, len(got), err)
 		}
 	}
-	t.Logf("peak backing fds: %d sampled in /proc/self/fd, %d by fscache; LRU evictions %d, pins %d, pin waits %d",
-		peakFDs.Load(), st.Cache.PeakOpenFiles, st.Cache.LRUEvictions, st.Cache.Pins, st.Cache.PinWaits)
+	t.Logf("peak backing fds: %d in %d samples of /proc/self/fd, %d by fscache; LRU evictions %d, pins %d, pin waits %d",
+		peakFDs.Load(), samples.Load(), st.Cache.PeakOpenFiles, st.Cache.LRUEvictions, st.Cache.Pins, st.Cache.PinWaits)
 	if peakFDs.Load() > maxOpenFiles || st.Cache.PeakOpenFiles > maxOpenFiles {
 		t.Fatalf("backing fds peaked at %d (proc) / %d (fscache), bound %d", peakFDs.Load(), st.Cache.PeakOpenFiles, maxOpenFiles)
 	}
