@@ -125,8 +125,17 @@ func TestServerRestartMidWrite(t *testing.T) {
 		done <- err
 	}()
 	// Restart once part of b has been acknowledged.
-	for c.Stats().BytesWritten < uint64(len(a))+uint64(len(b))/4 {
-		time.Sleep(time.Millisecond)
+	var writeErr error
+	finished := false
+	for !finished && c.Stats().BytesWritten < uint64(len(a))+uint64(len(b))/4 {
+		select {
+		case writeErr = <-done:
+			finished = true
+		case <-time.After(time.Millisecond):
+		}
+	}
+	if finished {
+		t.Fatalf("WriteAt ended before the restart: %v", writeErr)
 	}
 	s.restart()
 	if err := <-done; err != nil {
