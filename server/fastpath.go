@@ -208,7 +208,9 @@ func (s *Server) onWrite(cc *clientConn, call *rpcCall) error {
 	n, err := of.writeAt(data, int64(off))
 	committed := uint32(stableUnstable)
 	if err == nil && stable != stableUnstable {
-		err = of.sync()
+		if !s.opts.Async {
+			err = of.sync()
+		}
 		committed = stableFileSync
 	}
 	if err != nil {

@@ -19,7 +19,8 @@ import (
 )
 
 // Options configures a Server. The zero value serves a private,
-// read-write export to loopback clients.
+// read-write export to loopback clients. New copies it; changing it later
+// has no effect.
 type Options struct {
 	// StateDir holds the persistent handle table and the export's secret
 	// handle key (a bbolt file). Handles stay valid across restarts that
@@ -30,6 +31,12 @@ type Options struct {
 	// Allow lists the client networks that may connect. Empty: loopback
 	// only (127.0.0.0/8 and ::1).
 	Allow []netip.Prefix
+	// Async acknowledges DATA_SYNC/FILE_SYNC writes without syncing them,
+	// like knfsd's "async" export option (and like stock go-nfs, which
+	// never syncs): much faster for clients that only send stable writes,
+	// but a host crash loses data the client was told was on disk.
+	// UNSTABLE writes and COMMIT are unaffected.
+	Async bool
 	// MaxOpenFiles bounds the files kept open for READ/WRITE reuse.
 	// Zero: 256.
 	MaxOpenFiles int

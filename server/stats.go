@@ -43,7 +43,9 @@ const (
 	numMountProcs    = 6
 )
 
-// Stats is a snapshot of a Server's counters since New.
+// Stats is a snapshot of a Server's counters since New: a plain value,
+// safe to copy and read anywhere. Counters are read one by one, so a
+// snapshot taken while serving need not be consistent across fields.
 type Stats struct {
 	// NFS counts calls per NFSv3 procedure, indexed by ProcRead etc.
 	NFS [numNFSProcs]uint64

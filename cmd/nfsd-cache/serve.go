@@ -28,6 +28,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	root := fl.String("root", "", "directory to export (default: an empty in-memory filesystem)")
 	stateDir := fl.String("state-dir", "", "directory for the persistent file-handle table; handles survive restarts that reuse it (default: temporary)")
 	readOnly := fl.Bool("read-only", false, "refuse every change with NFS3ERR_ROFS")
+	async := fl.Bool("async", false, "acknowledge stable (FILE_SYNC) writes before they reach the disk, like knfsd's async export: faster, but a host crash loses acknowledged data")
 	allow := fl.String("allow", "", "comma-separated client networks allowed to connect, e.g. 10.0.0.0/8,192.168.1.7/32 (default: loopback only)")
 	maxOpen := fl.Int("max-open-files", 0, "files kept open for reuse by READ/WRITE (default 256)")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
@@ -64,7 +65,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		nfs.Log.SetLevel(nfs.ErrorLevel)
 	}
 
-	opts := server.Options{StateDir: *stateDir, ReadOnly: *readOnly, MaxOpenFiles: *maxOpen, Logger: log}
+	opts := server.Options{StateDir: *stateDir, ReadOnly: *readOnly, Async: *async, MaxOpenFiles: *maxOpen, Logger: log}
 	if *allow != "" {
 		for _, c := range strings.Split(*allow, ",") {
 			p, err := netip.ParsePrefix(strings.TrimSpace(c))
