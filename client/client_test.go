@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nfscache/nfscache/client"
+	"github.com/nfscache/nfscache/internal/ganeshatest"
 )
 
 func u32p(v uint32) *uint32 { return &v }
@@ -460,5 +461,46 @@ func TestCloseAndErrors(t *testing.T) {
 	}
 	if _, err := client.Dial(ctx, "127.0.0.1:1", client.Options{}); err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("Dial of a closed port: %v", err)
+	}
+}
+
+// TestCommitBookkeeping: with a server that answers UNSTABLE, WriteAt keeps
+// what it wrote until Commit, and Commit releases it; Forget drops it.
+func TestCommitBookkeeping(t *testing.T) {
+	g := ganeshatest.Start(t)
+	c := dialGanesha(t, g, client.Options{MaxIOSize: 64 << 10})
+	ctx := testCtx(t)
+	f, err := c.Create(ctx, c.Root(), "f", client.CreateHow{Mode: client.Unchecked})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteAt(ctx, f.Handle, randomBytes(t, 300<<10), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Uncommitted(f.Handle); n != 300<<10 {
+		t.Fatalf("uncommitted after WriteAt: %d", n)
+	}
+	// A COMMIT of part of the file releases only that part.
+	if _, err := c.Commit(ctx, f.Handle, 0, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Uncommitted(f.Handle); n != 300<<10-64<<10 {
+		t.Fatalf("uncommitted after a partial COMMIT: %d", n)
+	}
+	if _, err := c.Commit(ctx, f.Handle, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Uncommitted(f.Handle); n != 0 {
+		t.Fatalf("uncommitted after COMMIT: %d", n)
+	}
+	if _, err := c.WriteAt(ctx, f.Handle, []byte("again"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Uncommitted(f.Handle); n != 5 {
+		t.Fatalf("tracking after a retired state: %d", n)
+	}
+	c.Forget(f.Handle)
+	if n := c.Uncommitted(f.Handle); n != 0 {
+		t.Fatalf("after Forget: %d", n)
 	}
 }

@@ -103,6 +103,7 @@ func (c *Client) ReadAt(ctx context.Context, h Handle, p []byte, off int64) (int
 type writeState struct {
 	mu      sync.Mutex
 	extents []*extent // in the order the writes were acknowledged
+	dead    bool      // removed from Client.writes; track in a fresh one
 }
 
 // extent is one acknowledged UNSTABLE write: where, under which verifier, and
@@ -124,6 +125,33 @@ func (x *extent) bytes() ([]byte, error) {
 		return nil, fmt.Errorf("client: rereading uncommitted data at %d: %w", x.off, err)
 	}
 	return b, nil
+}
+
+// track records an acknowledged UNSTABLE write of h.
+func (c *Client) track(h Handle, x *extent) {
+	for {
+		ws := c.writeStateFor(h)
+		ws.mu.Lock()
+		if !ws.dead {
+			ws.extents = append(ws.extents, x)
+			ws.mu.Unlock()
+			return
+		}
+		ws.mu.Unlock() // Commit just retired it; take the new one
+	}
+}
+
+// retireIfEmpty drops h's tracking state once nothing is uncommitted, so
+// the map does not grow with every file ever written.
+func (c *Client) retireIfEmpty(h Handle, ws *writeState) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if len(ws.extents) == 0 && c.writes[string(h)] == ws {
+		ws.dead = true
+		delete(c.writes, string(h))
+	}
 }
 
 func (c *Client) writeStateFor(h Handle) *writeState {
@@ -165,7 +193,6 @@ func (c *Client) writeAt(ctx context.Context, h Handle, p []byte, off int64, src
 	if len(p) == 0 {
 		return 0, nil
 	}
-	ws := c.writeStateFor(h)
 	chunk := c.wsize
 	n := (len(p) + chunk - 1) / chunk
 	err := parallel(ctx, n, c.opts.MaxInflight, func(ctx context.Context, i int) error {
@@ -184,9 +211,7 @@ func (c *Client) writeAt(ctx context.Context, h Handle, p []byte, off int64, src
 				if src == nil {
 					x.data = append([]byte(nil), p[lo:lo+r.Count]...)
 				}
-				ws.mu.Lock()
-				ws.extents = append(ws.extents, x)
-				ws.mu.Unlock()
+				c.track(h, x)
 			}
 			lo += r.Count
 		}
@@ -213,8 +238,8 @@ type CommitResult struct {
 // verifier than the COMMIT's was lost by a server restart, so Commit resends
 // it (FILE_SYNC) before returning. When Commit returns nil, every byte that
 // WriteAt acknowledged in the range before Commit was called is on stable
-// storage. Writes acknowledged while Commit runs stay tracked for the next
-// Commit.
+// storage. Writes acknowledged while Commit runs, and writes that straddle
+// the range's edges, stay tracked for the next Commit.
 func (c *Client) Commit(ctx context.Context, h Handle, off uint64, count uint32) (CommitResult, error) {
 	end := ^uint64(0)
 	if count > 0 {
@@ -224,7 +249,7 @@ func (c *Client) Commit(ctx context.Context, h Handle, off uint64, count uint32)
 	ws.mu.Lock()
 	var snap []*extent
 	for _, x := range ws.extents {
-		if x.off < end && x.off+uint64(x.n) > off {
+		if x.off >= off && x.off+uint64(x.n) <= end { // only writes the COMMIT fully covers
 			snap = append(snap, x)
 		}
 	}
@@ -277,6 +302,7 @@ func (c *Client) Commit(ctx context.Context, h Handle, off uint64, count uint32)
 		ws.extents = removeExtents(ws.extents, done, again)
 		ws.mu.Unlock()
 		if len(again) == 0 {
+			c.retireIfEmpty(h, ws)
 			return res, nil
 		}
 		snap = again
@@ -305,7 +331,12 @@ func removeExtents(all, remove, keep []*extent) []*extent {
 // Uncommitted reports how many bytes written to h through WriteAt are not yet
 // known to be stable.
 func (c *Client) Uncommitted(h Handle) int {
-	ws := c.writeStateFor(h)
+	c.wmu.Lock()
+	ws := c.writes[string(h)]
+	c.wmu.Unlock()
+	if ws == nil {
+		return 0
+	}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	n := 0
@@ -319,6 +350,12 @@ func (c *Client) Uncommitted(h Handle) int {
 // removed); its data is then lost if the server restarts before it flushes.
 func (c *Client) Forget(h Handle) {
 	c.wmu.Lock()
-	delete(c.writes, string(h))
-	c.wmu.Unlock()
+	defer c.wmu.Unlock()
+	if ws := c.writes[string(h)]; ws != nil {
+		ws.mu.Lock()
+		ws.dead = true
+		ws.extents = nil
+		ws.mu.Unlock()
+		delete(c.writes, string(h))
+	}
 }
