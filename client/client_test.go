@@ -487,6 +487,14 @@ func TestCommitBookkeeping(t *testing.T) {
 	if n := c.Uncommitted(f.Handle); n != 300<<10-64<<10 {
 		t.Fatalf("uncommitted after a partial COMMIT: %d", n)
 	}
+	// [64K, 164K) covers the chunk [64K, 128K) but only part of [128K, 192K),
+	// which therefore stays tracked.
+	if _, err := c.Commit(ctx, f.Handle, 64<<10, 100<<10); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Uncommitted(f.Handle); n != 300<<10-128<<10 {
+		t.Fatalf("uncommitted after a COMMIT straddling a write: %d", n)
+	}
 	if _, err := c.Commit(ctx, f.Handle, 0, 0); err != nil {
 		t.Fatal(err)
 	}
