@@ -355,3 +355,24 @@ func open(t testing.TB, fsys billy.Filesystem, name string) billy.File {
 	must(t, err)
 	return f
 }
+
+// A file removed while open keeps working for its open File as far as the
+// server allows, and its cache object is retired at the last close.
+func TestRemoveWhileOpenRetiresCache(t *testing.T) {
+	srv := startServer(t)
+	fsys := mount(t, srv, billyfs.Options{CacheDir: t.TempDir()})
+	writeFile(t, fsys, "gone", randBytes(30, 100_000))
+	f := open(t, fsys, "gone")
+	if _, err := io.ReadAll(f); err != nil {
+		t.Fatal(err)
+	}
+	must(t, fsys.Remove("gone"))
+	must(t, f.Close())
+	st := fsys.Stats()
+	if st.Cache.Retires == 0 || st.Cache.UsedBytes != 0 {
+		t.Fatalf("after removing and closing: retires %d, cached bytes %d", st.Cache.Retires, st.Cache.UsedBytes)
+	}
+	if _, err := fsys.Stat("gone"); !os.IsNotExist(err) {
+		t.Fatalf("stat after remove: %v", err)
+	}
+}

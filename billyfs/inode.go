@@ -124,10 +124,19 @@ func (s *state) putInode(ino *inode, writable bool) {
 	if writable {
 		ino.writers--
 	}
-	if ino.opens == 0 && s.inodes[string(ino.fh)] == ino {
+	last := ino.opens == 0 && s.inodes[string(ino.fh)] == ino
+	if last {
 		ino.elem = s.idle.PushBack(ino)
 	}
 	s.mu.Unlock()
+	ino.mu.Lock()
+	removed := ino.removed
+	ino.mu.Unlock()
+	if last && removed {
+		// The last close of a file we removed while it was open: its
+		// cached data can go now.
+		s.forgetInode(ino.fh)
+	}
 	s.evictIdle()
 }
 
