@@ -106,6 +106,12 @@ func exerciseProcedures(t *testing.T, c *client.Client, dir string, q quirks) {
 	}
 
 	// LOOKUP finds them; a missing name is ENOENT through the typed error.
+	if lp, err := c.LookupPath(ctx, root, "/sub/./file"); err != nil || len(lp.Handle) == 0 || lp.Attr == nil || lp.Attr.Type != client.TypeReg {
+		t.Fatalf("LookupPath: %+v %v", lp, err)
+	}
+	if _, err := c.LookupPath(ctx, root, "sub/nope/x"); !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("LookupPath of a missing component: want ENOENT, got %v", err)
+	}
 	lr, err := c.Lookup(ctx, sub.Handle, "file")
 	if err != nil || lr.Attr == nil || lr.Attr.Type != client.TypeReg {
 		t.Fatalf("LOOKUP: %+v %v", lr, err)

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -500,4 +501,30 @@ func (c *Client) Null(ctx context.Context) error {
 	e, xid := c.startCall(progNFS, nfsVersion, procNull, 0)
 	_, err := c.roundTrip(ctx, request{cn: c.pick(), prog: progNFS, vers: nfsVersion, proc: procNull, name: "NULL", idempotent: true}, e, xid)
 	return err
+}
+
+// LookupPath resolves a slash-separated path below dir with one LOOKUP per
+// component; empty and "." components are skipped and symbolic links are
+// not followed. An empty path returns dir itself (with GETATTR attributes).
+func (c *Client) LookupPath(ctx context.Context, dir Handle, path string) (LookupResult, error) {
+	r := LookupResult{Handle: dir}
+	found := false
+	for _, name := range strings.Split(path, "/") {
+		if name == "" || name == "." {
+			continue
+		}
+		lr, err := c.Lookup(ctx, r.Handle, name)
+		if err != nil {
+			return LookupResult{}, fmt.Errorf("lookup %q: %w", path, err)
+		}
+		r, found = lr, true
+	}
+	if !found {
+		a, err := c.Getattr(ctx, dir)
+		if err != nil {
+			return LookupResult{}, err
+		}
+		r.Attr = a
+	}
+	return r, nil
 }
