@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"os"
 	"path"
 	"syscall"
@@ -343,8 +344,18 @@ func (e *exportFS) removeBase(r string) error {
 }
 
 func (e *exportFS) renameBase(from, to string) error {
-	if e.osRoot != nil {
-		return e.osRoot.Rename(from, to)
+	if e.osRoot == nil {
+		return e.base.Rename(from, to)
 	}
-	return e.base.Rename(from, to)
+	err := e.osRoot.Rename(from, to)
+	if errors.Is(err, syscall.EEXIST) {
+		// os.Root.Rename will not replace a directory, which rename(2)
+		// does when the target is an empty directory (Rename checked
+		// that it is): remove the empty target and rename again.
+		if rerr := e.osRoot.Remove(to); rerr != nil {
+			return rerr
+		}
+		err = e.osRoot.Rename(from, to)
+	}
+	return err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"strings"
 
 	nfs "github.com/willscott/go-nfs"
 )
@@ -289,9 +290,55 @@ func (s *Server) onFSInfo(cc *clientConn, call *rpcCall) error {
 	b = be.AppendUint32(b, 0)           // time_delta: 1 ns
 	b = be.AppendUint32(b, 1)
 	props := uint32(fsfSymlink | fsfHomogeneous)
+	if s.core.osRoot != nil {
+		props |= fsfLink
+	}
 	if !s.opts.ReadOnly {
 		props |= fsfCanSetTime
 	}
 	b = be.AppendUint32(b, props)
+	return cc.send(b)
+}
+
+// onLink answers LINK (RFC 1813 §3.3.15) through os.Root for a disk
+// export (go-nfs v0.0.4 decodes LINK3args wrongly). The new name gets its
+// own file handle on first LOOKUP: handles name paths, not inodes.
+func (s *Server) onLink(cc *clientConn, call *rpcCall) error {
+	x := xdrArgs{b: call.args}
+	fh := x.opaque(fhSize)
+	dirFH := x.opaque(fhSize)
+	name := string(x.opaque(255))
+	if x.bad {
+		return cc.send(garbage(call.xid))
+	}
+	const errZeros = 12 // post_op_attr + wcc_data, all empty
+	if s.opts.ReadOnly {
+		return cc.send(errReply(call.xid, nfs.NFSStatusROFS, errZeros))
+	}
+	if s.core.osRoot == nil {
+		return cc.send(errReply(call.xid, nfs.NFSStatusNotSupp, errZeros))
+	}
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return cc.send(errReply(call.xid, nfs.NFSStatusInval, errZeros))
+	}
+	_, p, err := s.table.resolve(fh)
+	if err != nil {
+		return cc.send(errReply(call.xid, statusOf(err), errZeros))
+	}
+	_, dir, err := s.table.resolve(dirFH)
+	if err != nil {
+		return cc.send(errReply(call.xid, statusOf(err), errZeros))
+	}
+	target := rel(dir + "/" + name)
+	if err := s.core.osRoot.Link(basePath(p), target); err != nil {
+		return cc.send(errReply(call.xid, statusOf(err), errZeros))
+	}
+	info, _ := s.core.base.Lstat(basePath(p))
+	dinfo, _ := s.core.base.Lstat(basePath(dir))
+	b := appendAcceptedHeader(make([]byte, 0, 256), call.xid, acceptSuccess)
+	b = binary.BigEndian.AppendUint32(b, uint32(nfs.NFSStatusOk))
+	b = appendPostOpAttr(b, info, p)
+	b = appendPreOpAttr(b, nil, dir)
+	b = appendPostOpAttr(b, dinfo, dir)
 	return cc.send(b)
 }

@@ -35,6 +35,19 @@ func TestRenameDirectoryKeepsDescendantHandles(t *testing.T) {
 	if h, _ := r.lookup(b, "f"); !bytes.Equal(h, f) {
 		t.Fatal("LOOKUP under renamed dir gave a new handle")
 	}
+	// A directory replaces an empty directory, as rename(2) does.
+	if st := r.mkdir(root, "empty"); st != 0 {
+		t.Fatal(st)
+	}
+	if st := r.rename(root, "z", root, "empty"); st != 0 {
+		t.Fatalf("rename dir over empty dir: %d", st)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "z")); !os.IsNotExist(err) {
+		t.Fatalf("source still there: %v", err)
+	}
+	if st, data := r.read(f, 0, 10); st != 0 || string(data) != "deep" {
+		t.Fatalf("read after second rename: %d %q", st, data)
+	}
 	// Rename a file over another: the overwritten file's handle is stale.
 	if st := r.rename(b, "f", root, "victim"); st != 0 {
 		t.Fatalf("rename over file: %d", st)
@@ -109,5 +122,37 @@ func TestReadSpecialFileRefused(t *testing.T) {
 	}
 	if st, _ := r.read(h, 0, 10); st != 22 {
 		t.Fatalf("READ of a FIFO: status %d, want INVAL", st)
+	}
+}
+
+// LINK makes a hard link on a disk export (go-nfs's own LINK is broken).
+func TestHardLink(t *testing.T) {
+	dir, fsys := diskFS(t)
+	os.WriteFile(filepath.Join(dir, "a"), []byte("linked"), 0o644)
+	_, addr := startServer(t, fsys, Options{})
+	r := dialRaw(t, addr)
+	root := r.rootHandle()
+	a, _ := r.lookup(root, "a")
+	link := func(name string) uint32 {
+		st, _ := r.nfsStatus(ProcLink, xdrBuf(nil).opaque(a).opaque(root).opaque([]byte(name)))
+		return st
+	}
+	if st := link("b"); st != 0 {
+		t.Fatalf("LINK: %d", st)
+	}
+	if st := link("b"); st != nfsExist {
+		t.Fatalf("LINK over existing name: %d, want EXIST", st)
+	}
+	if st := link("../out"); st != 22 {
+		t.Fatalf("LINK ../out: %d, want INVAL", st)
+	}
+	sa, _ := os.Stat(filepath.Join(dir, "a"))
+	sb, err := os.Stat(filepath.Join(dir, "b"))
+	if err != nil || !os.SameFile(sa, sb) {
+		t.Fatalf("b is not a hard link of a: %v", err)
+	}
+	b, _ := r.lookup(root, "b")
+	if st, data := r.read(b, 0, 10); st != 0 || string(data) != "linked" {
+		t.Fatalf("read via link: %d %q", st, data)
 	}
 }

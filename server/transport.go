@@ -278,6 +278,8 @@ func (s *Server) dispatch(cc *clientConn, call *rpcCall) error {
 			return s.onCommit(cc, call)
 		case ProcFSInfo:
 			return s.onFSInfo(cc, call)
+		case ProcLink:
+			return s.onLink(cc, call)
 		}
 	case progMount:
 		if call.vers < 1 || call.vers > 3 {
