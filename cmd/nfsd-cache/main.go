@@ -22,6 +22,8 @@ type command struct {
 func commands() map[string]command {
 	return map[string]command{
 		"serve": {"serve a directory (or an in-memory export) over NFSv3", runServe},
+		"proxy": {"re-export an upstream NFS server through a local cache", runProxy},
+		"stats": {"print a running proxy's metrics in /proc/fs/fscache/stats layout", runStats},
 	}
 }
 
