@@ -22,6 +22,7 @@ type command struct {
 func commands() map[string]command {
 	return map[string]command{
 		"serve": {"serve a directory (or an in-memory export) over NFSv3", runServe},
+		"bench": {"measure serve, proxy, stock go-nfs and nfs-ganesha side by side", runBench},
 		"proxy": {"re-export an upstream NFS server through a local cache", runProxy},
 		"stats": {"print a running proxy's metrics in /proc/fs/fscache/stats layout", runStats},
 	}
