@@ -121,6 +121,11 @@ func (e *exportFS) OpenFile(p string, flag int, perm os.FileMode) (billy.File, e
 	if e.readOnly && flag&(os.O_WRONLY|os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND) != 0 {
 		return nil, e.rofs("open", r)
 	}
+	// A FIFO or device opened for writing (SETATTR's truncate) would
+	// block or act on hardware; only regular files are opened.
+	if info, err := e.base.Lstat(basePath(r)); err == nil && !info.Mode().IsRegular() && !info.IsDir() {
+		return nil, e.note(pathErr("open", r, syscall.EINVAL))
+	}
 	f, err := e.base.OpenFile(basePath(r), flag, perm)
 	if err != nil {
 		return nil, e.note(err)

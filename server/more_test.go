@@ -123,6 +123,11 @@ func TestReadSpecialFileRefused(t *testing.T) {
 	if st, _ := r.read(h, 0, 10); st != 22 {
 		t.Fatalf("READ of a FIFO: status %d, want INVAL", st)
 	}
+	// SETATTR size would open the FIFO for writing (go-nfs) and block.
+	sattrSize := xdrBuf(nil).u32(0).u32(0).u32(0).u32(1).u64(0).u32(0).u32(0).u32(0)
+	if st, _ := r.nfsStatus(ProcSetAttr, append(xdrBuf(nil).opaque(h), sattrSize...)); st != 22 {
+		t.Fatalf("SETATTR size of a FIFO: status %d, want INVAL", st)
+	}
 }
 
 // LINK makes a hard link on a disk export (go-nfs's own LINK is broken).
