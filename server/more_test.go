@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
@@ -159,5 +160,39 @@ func TestHardLink(t *testing.T) {
 	b, _ := r.lookup(root, "b")
 	if st, data := r.read(b, 0, 10); st != 0 || string(data) != "linked" {
 		t.Fatalf("read via link: %d %q", st, data)
+	}
+}
+
+// FSINFO advertises what the transport handles; FSSTAT is statfs of the
+// exported directory.
+func TestFSInfoAndFSStat(t *testing.T) {
+	dir, fsys := diskFS(t)
+	_, addr := startServer(t, fsys, Options{})
+	r := dialRaw(t, addr)
+	root := r.rootHandle()
+	st, body := r.nfsStatus(ProcFSInfo, xdrBuf(nil).opaque(root))
+	if st != 0 || binary.BigEndian.Uint32(body) != 1 {
+		t.Fatalf("FSINFO: %d", st)
+	}
+	info := body[4+fattrLen:]
+	rtmax, rtpref, wtmax := binary.BigEndian.Uint32(info), binary.BigEndian.Uint32(info[4:]), binary.BigEndian.Uint32(info[12:])
+	if rtmax != MaxTransfer || rtpref != MaxTransfer || wtmax != MaxTransfer {
+		t.Fatalf("FSINFO rtmax %d rtpref %d wtmax %d", rtmax, rtpref, wtmax)
+	}
+	st, body = r.nfsStatus(ProcFSStat, xdrBuf(nil).opaque(root))
+	if st != 0 || binary.BigEndian.Uint32(body) != 1 {
+		t.Fatalf("FSSTAT: %d", st)
+	}
+	stat := body[4+fattrLen:]
+	tbytes, abytes, tfiles := binary.BigEndian.Uint64(stat), binary.BigEndian.Uint64(stat[16:]), binary.BigEndian.Uint64(stat[24:])
+	var sf syscall.Statfs_t
+	if err := syscall.Statfs(dir, &sf); err != nil {
+		t.Fatal(err)
+	}
+	if want := sf.Blocks * uint64(sf.Bsize); tbytes != want {
+		t.Fatalf("FSSTAT tbytes %d, statfs says %d", tbytes, want)
+	}
+	if tfiles != sf.Files || abytes == 0 || abytes > tbytes {
+		t.Fatalf("FSSTAT tfiles %d (statfs %d) abytes %d", tfiles, sf.Files, abytes)
 	}
 }

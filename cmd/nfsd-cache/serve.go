@@ -104,6 +104,11 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "nfsd-cache: serving %s on %s (NFSv3 and MOUNT on port %s)\n", what, l.Addr(), port)
 	fmt.Fprintf(stdout, "  Linux:  mount -t nfs -o vers=3,proto=tcp,port=%s,mountport=%s,nolock,noacl,addr=%s %s:/ /mnt\n", port, port, host, host)
 	fmt.Fprintf(stdout, "  libnfs: nfs-ls 'nfs://%s//?version=3&nfsport=%s&mountport=%s'\n", host, port, port)
+	allowed := "loopback only (127.0.0.0/8, ::1)"
+	if *allow != "" {
+		allowed = *allow
+	}
+	fmt.Fprintf(stdout, "  clients allowed: %s (--allow)\n", allowed)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
