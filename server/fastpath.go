@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"time"
 
 	nfs "github.com/willscott/go-nfs"
 )
@@ -341,4 +342,74 @@ func (s *Server) onLink(cc *clientConn, call *rpcCall) error {
 	b = appendPreOpAttr(b, nil, dir)
 	b = appendPostOpAttr(b, dinfo, dir)
 	return cc.send(b)
+}
+
+const createExclusive = 2
+
+// onCreateExclusive answers CREATE in EXCLUSIVE mode (RFC 1813 §3.3.8),
+// which go-nfs refuses: the file is created with O_EXCL and, on a disk
+// export, the client's verifier is kept in its atime and mtime (as knfsd
+// does), so a retransmitted CREATE finds its own file and succeeds. The
+// client then sets mode and times with SETATTR. It reports false for the
+// other modes, which go-nfs handles.
+func (s *Server) onCreateExclusive(cc *clientConn, call *rpcCall) (bool, error) {
+	x := xdrArgs{b: call.args}
+	dirFH := x.opaque(fhSize)
+	name := string(x.opaque(255))
+	how := x.u32()
+	if x.bad || how != createExclusive {
+		return false, nil
+	}
+	verf := x.b
+	if len(verf) < 8 {
+		return true, cc.send(garbage(call.xid))
+	}
+	const errZeros = 8 // wcc_data
+	if s.opts.ReadOnly {
+		return true, cc.send(errReply(call.xid, nfs.NFSStatusROFS, errZeros))
+	}
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return true, cc.send(errReply(call.xid, nfs.NFSStatusInval, errZeros))
+	}
+	_, dir, err := s.table.resolve(dirFH)
+	if err != nil {
+		return true, cc.send(errReply(call.xid, statusOf(err), errZeros))
+	}
+	p := rel(dir + "/" + name)
+	atime := time.Unix(int64(binary.BigEndian.Uint32(verf[4:8])), 0)
+	mtime := time.Unix(int64(binary.BigEndian.Uint32(verf[0:4])), 0)
+	f, err := s.core.base.OpenFile(basePath(p), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case err == nil:
+		f.Close()
+		if s.core.osRoot != nil {
+			if err := s.core.osRoot.Chtimes(p, atime, mtime); err != nil {
+				return true, cc.send(errReply(call.xid, statusOf(err), errZeros))
+			}
+		}
+	case errors.Is(err, fs.ErrExist):
+		// A retransmission of our own CREATE finds the verifier in place.
+		info, lerr := s.core.base.Lstat(basePath(p))
+		if s.core.osRoot == nil || lerr != nil || !info.Mode().IsRegular() || !info.ModTime().Equal(mtime) {
+			return true, cc.send(errReply(call.xid, nfs.NFSStatusExist, errZeros))
+		}
+	default:
+		return true, cc.send(errReply(call.xid, statusOf(err), errZeros))
+	}
+	h, err := s.table.assign(p)
+	if err != nil {
+		return true, cc.send(errReply(call.xid, nfs.NFSStatusServerFault, errZeros))
+	}
+	info, _ := s.core.base.Lstat(basePath(p))
+	dinfo, _ := s.core.base.Lstat(basePath(dir))
+	be := binary.BigEndian
+	b := appendAcceptedHeader(make([]byte, 0, 256), call.xid, acceptSuccess)
+	b = be.AppendUint32(b, uint32(nfs.NFSStatusOk))
+	b = be.AppendUint32(b, 1) // post_op_fh3
+	b = be.AppendUint32(b, uint32(len(h)))
+	b = append(b, h...) // handleLen is a multiple of 4: no padding
+	b = appendPostOpAttr(b, info, p)
+	b = appendPreOpAttr(b, nil, dir)
+	b = appendPostOpAttr(b, dinfo, dir)
+	return true, cc.send(b)
 }

@@ -196,3 +196,43 @@ func TestFSInfoAndFSStat(t *testing.T) {
 		t.Fatalf("FSSTAT tfiles %d (statfs %d) abytes %d", tfiles, sf.Files, abytes)
 	}
 }
+
+// CREATE EXCLUSIVE creates once; a retransmission with the same verifier
+// succeeds with the same handle, another verifier gets EXIST.
+func TestCreateExclusive(t *testing.T) {
+	for _, kind := range []string{"disk", "mem"} {
+		t.Run(kind, func(t *testing.T) {
+			fsys := NewMemFS()
+			if kind == "disk" {
+				_, fsys = diskFS(t)
+			}
+			_, addr := startServer(t, fsys, Options{})
+			r := dialRaw(t, addr)
+			root := r.rootHandle()
+			create := func(verf uint64) (uint32, []byte) {
+				st, body := r.nfsStatus(ProcCreate, xdrBuf(nil).opaque(root).opaque([]byte("x")).u32(2).u64(verf))
+				if st != 0 {
+					return st, nil
+				}
+				n := binary.BigEndian.Uint32(body[4:])
+				return st, body[8 : 8+n]
+			}
+			st, h1 := create(0x1122334455667788)
+			if st != 0 {
+				t.Fatalf("CREATE EXCLUSIVE: %d", st)
+			}
+			if kind == "disk" {
+				st, h2 := create(0x1122334455667788)
+				if st != 0 || !bytes.Equal(h1, h2) {
+					t.Fatalf("retransmitted CREATE EXCLUSIVE: %d", st)
+				}
+			}
+			if st, _ := create(0x99); st != nfsExist {
+				t.Fatalf("CREATE EXCLUSIVE over another's file: %d, want EXIST", st)
+			}
+			if st := r.getattr(h1); st != 0 {
+				t.Fatalf("GETATTR of created file: %d", st)
+			}
+		})
+	}
+}

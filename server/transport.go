@@ -280,6 +280,10 @@ func (s *Server) dispatch(cc *clientConn, call *rpcCall) error {
 			return s.onFSInfo(cc, call)
 		case ProcLink:
 			return s.onLink(cc, call)
+		case ProcCreate:
+			if done, err := s.onCreateExclusive(cc, call); done {
+				return err
+			}
 		}
 	case progMount:
 		if call.vers < 1 || call.vers > 3 {
