@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nfscache/nfscache/client"
@@ -614,8 +615,47 @@ func (ino *inode) truncate(ctx context.Context, size int64) error {
 type wbFilesystem struct{ s *state }
 
 // maxWriteChunk bounds the buffer one writeback WRITE batch reads from the
-// cache.
-const maxWriteChunk = 4 << 20
+// cache; writebackWorkers such batches of one inode are in flight.
+const (
+	maxWriteChunk    = 4 << 20
+	writebackWorkers = 4
+)
+
+// forEach runs fn(i) for i in [0, n) on up to width goroutines and returns
+// the first error (the remaining calls are skipped).
+func forEach(ctx context.Context, n, width int, fn func(i int) error) error {
+	if n == 1 {
+		return fn(0)
+	}
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+		failed   atomic.Bool
+	)
+	for w := 0; w < min(n, width); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || failed.Load() || ctx.Err() != nil {
+					return
+				}
+				if err := fn(i); err != nil {
+					errOnce.Do(func() { firstErr = err; failed.Store(true) })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr == nil {
+		firstErr = ctx.Err()
+	}
+	return firstErr
+}
 
 // WritePages sends the cached bytes of the dirty extents to the server with
 // UNSTABLE WRITEs, then COMMITs (nfs_writepages + nfs_commit_inode). The
@@ -635,7 +675,7 @@ func (w wbFilesystem) WritePages(ctx context.Context, wbi *writeback.Inode, exte
 	}
 	defer ino.ck.Unuse(nil, -1)
 	size := ino.localSize()
-	var buf []byte
+	var chunks []fscache.Range
 	for _, e := range extents {
 		end := min(e.End, size)
 		if e.Off >= end {
@@ -646,21 +686,23 @@ func (w wbFilesystem) WritePages(ctx context.Context, wbi *writeback.Inode, exte
 			return 0, err
 		}
 		for _, r := range present {
-			for at := r.Off; at < r.End(); {
-				n := min(r.End()-at, maxWriteChunk)
-				if int64(cap(buf)) < n {
-					buf = make([]byte, n)
-				}
-				b := buf[:n]
-				if _, err := ino.ck.ReadAt(b, at); err != nil {
-					return 0, err
-				}
-				if _, err := w.s.clnt.WriteAtFrom(ctx, ino.fh, b, at, cookieReader{ino.ck}); err != nil {
-					return 0, err
-				}
-				at += n
+			for at := r.Off; at < r.End(); at += maxWriteChunk {
+				chunks = append(chunks, fscache.Range{Off: at, Len: min(r.End()-at, maxWriteChunk)})
 			}
 		}
+	}
+	// A few chunks in flight: reading the next chunk from the cache
+	// overlaps with the WRITEs of the previous ones.
+	if err := forEach(ctx, len(chunks), writebackWorkers, func(i int) error {
+		c := chunks[i]
+		b := make([]byte, c.Len)
+		if _, err := ino.ck.ReadAt(b, c.Off); err != nil {
+			return err
+		}
+		_, err := w.s.clnt.WriteAtFrom(ctx, ino.fh, b, c.Off, cookieReader{ino.ck})
+		return err
+	}); err != nil {
+		return 0, err
 	}
 	res, err := w.s.clnt.Commit(ctx, ino.fh, 0, 0)
 	if err != nil {
