@@ -26,15 +26,25 @@
 //     and answers READ, WRITE, COMMIT and FSINFO itself: READ reads
 //     straight into a pooled reply buffer sent with one write; WRITE
 //     honours stable_how (UNSTABLE is answered UNSTABLE and made durable
-//     by COMMIT; the write verifier changes with every server instance).
+//     by COMMIT; the write verifier changes with every server instance;
+//     Options.Async is knfsd's "async"). It also answers what go-nfs gets
+//     wrong: LINK (go-nfs misdecodes its arguments) and CREATE EXCLUSIVE
+//     (refused by go-nfs; here the verifier is kept in atime/mtime).
 //     Up to 16 calls of one connection are in flight. Every other call is
 //     relayed to go-nfs over in-process net.Pipe connections and its reply
 //     relayed back (replies are matched by xid, so order does not matter).
 //     A malformed record closes only its connection.
+//   - Directory listings are kept per cookie verifier (a small LRU), so
+//     the pages of a READDIRPLUS walk do not re-read the directory.
 //   - Open-file reuse: READ/WRITE/COMMIT use an LRU (golang-lru) of open
-//     files keyed by file id, bounded by Options.MaxOpenFiles, closed on
+//     files keyed by file id, bounded by Options.MaxOpenFiles (a hard
+//     bound: a miss waits when every cached file is in use), closed on
 //     eviction (once no request uses them), on remove or rename, and at
-//     Close.
+//     Close. FIFOs and devices are never opened.
+//
+// Known limits: go-nfs reports atime and ctime equal to mtime; a panic
+// inside go-nfs would stop the process (it runs the relayed procedures);
+// a hard link gets its own handle per name (handles name paths).
 //
 // Lock order: Server.mu → (nothing); handleTable.mu → bbolt;
 // openFiles.missMu → openFile.mu. No lock is held while writing to a
