@@ -21,6 +21,9 @@
 // boundaries (ONC RPC record marking, RFC 5531 §11, means a cut at an
 // arbitrary byte lands inside a record).
 //
+// Options.Tap sees every forwarded chunk, so the proxy also records real
+// sessions (the integration fuzz seeds are calls captured this way).
+//
 // Concurrency: a Proxy is safe for concurrent use. mu guards the armed
 // fault, the byte counter and the connection set; it is never held while
 // reading, writing or sleeping.

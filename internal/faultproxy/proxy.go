@@ -68,6 +68,12 @@ type Fault struct {
 type Options struct {
 	// Logger receives connection and fault events; nil discards.
 	Logger *slog.Logger
+	// Tap, if set, is called with every chunk forwarded, before it is
+	// written on, with the connection's sequence number (from 1). The
+	// slice is only valid during the call. Used to capture real sessions
+	// (e.g. as fuzz seeds). Calls for one direction of one connection are
+	// sequential; different connections and directions call concurrently.
+	Tap func(conn int64, dir Direction, b []byte)
 }
 
 // Stats counts what a Proxy did since New.
@@ -83,6 +89,7 @@ type Proxy struct {
 	target string
 	ln     net.Listener
 	log    *slog.Logger
+	tap    func(int64, Direction, []byte)
 
 	latency atomic.Int64 // nanoseconds added before forwarding each chunk
 	stats   struct{ accepted, fired atomic.Int64 }
@@ -102,6 +109,7 @@ type Proxy struct {
 // target side.
 type pair struct {
 	client, server net.Conn
+	seq            int64
 	once           sync.Once
 	ended          atomic.Int32 // directions finished; the pair closes at 2
 }
@@ -127,7 +135,7 @@ func New(target string, opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("faultproxy: listen: %w", err)
 	}
-	p := &Proxy{target: target, ln: ln, log: opts.Logger, conns: map[*pair]struct{}{}, done: make(chan struct{})}
+	p := &Proxy{target: target, ln: ln, log: opts.Logger, tap: opts.Tap, conns: map[*pair]struct{}{}, done: make(chan struct{})}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
@@ -227,7 +235,7 @@ func (p *Proxy) accept() {
 			c.Close()
 			continue
 		}
-		pr := &pair{client: c, server: s}
+		pr := &pair{client: c, server: s, seq: p.stats.accepted.Load() + 1}
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
@@ -265,6 +273,13 @@ func (p *Proxy) pump(pr *pair, dir Direction, src io.Reader, dst io.Writer) {
 			}
 			chunk := buf[:n]
 			f, k := p.check(dir, int64(n))
+			if p.tap != nil {
+				if f != nil && f.Action != Stall {
+					p.tap(pr.seq, dir, chunk[:k])
+				} else {
+					p.tap(pr.seq, dir, chunk)
+				}
+			}
 			if f != nil {
 				p.log.Info("faultproxy: fault", "dir", dir, "action", f.Action, "after", f.After)
 				if f.Action == Cut {

@@ -69,7 +69,21 @@ func pattern(n int) []byte {
 }
 
 func TestPassThrough(t *testing.T) {
-	p := newProxy(t)
+	var (
+		mu     sync.Mutex
+		tapped [2]bytes.Buffer
+		conns  = map[int64]bool{}
+	)
+	p, err := New(echoServer(t), Options{Tap: func(conn int64, dir Direction, b []byte) {
+		mu.Lock()
+		tapped[dir].Write(b)
+		conns[conn] = true
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
 	c := dial(t, p)
 	want := pattern(1 << 20)
 	go func() { _, _ = c.Write(want) }()
@@ -82,6 +96,11 @@ func TestPassThrough(t *testing.T) {
 	}
 	if st := p.Stats(); st.Accepted != 1 || st.Bytes[ToServer] != int64(len(want)) || st.Bytes[ToClient] != int64(len(want)) || st.Fired != 0 {
 		t.Fatalf("stats %+v", st)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !bytes.Equal(tapped[ToServer].Bytes(), want) || !bytes.Equal(tapped[ToClient].Bytes(), want) || !conns[1] || len(conns) != 1 {
+		t.Fatalf("tap saw %d/%d bytes on connections %v", tapped[0].Len(), tapped[1].Len(), conns)
 	}
 }
 
