@@ -72,17 +72,6 @@ func startServer(t *testing.T, addr, exportDir, stateDir string, logger *slog.Lo
 var knownFailures = map[string]string{
 	"write/chmod_utimes": "GETATTR reports atime and ctime equal to mtime (go-nfs ToFileAttribute copies " +
 		"ModTime into all three): after SETATTR atime=2001-02-03, mtime=2002-03-04 the kernel reads atime 2002-03-04",
-	"write/hardlink": "LINK → NFS3ERR_INVAL: go-nfs v0.0.4 onLink decodes LINK3args {file fh; diropargs3 link} " +
-		"as {diropargs3; sattr3; symlink path}, so link(2) fails with EIO",
-	"verify/hardlink": "follows from write/hardlink: the links were never made",
-	"write/rename": "rename(2) of a directory onto an existing empty directory: RENAME → NFS3ERR_EXIST, because " +
-		"the server renames with os.Root.Rename, which (like os.Rename) refuses an existing directory target " +
-		"with EEXIST instead of calling renameat(2), which replaces an empty directory",
-	"verify/rename": "follows from write/rename: the directory was not moved",
-	"write/readdir_churn": "READDIR cookies are positions in the sorted listing (go-nfs) and the cookie verifier " +
-		"changes with every change of the directory: after each create/remove the kernel's next READDIR " +
-		"(cookie=N, old verifier) gets NFS3ERR_BAD_COOKIE, Linux 6.1 restarts from cookie 0 and resumes at position N " +
-		"of the shifted listing: stable entries come twice or not at all, and the listing may not end while the churn goes on",
 }
 
 // knownUnimplemented lists calls (as the relay counts them) our server
