@@ -215,6 +215,7 @@ func (s *state) forgetInode(fh client.Handle) {
 // release gives up the inode's cookie (retiring its data if retire). With
 // force, cache uses still held by open files are dropped too (FS.Close).
 func (ino *inode) release(retire, force bool) error {
+	<-ino.ready
 	if ino.ck == nil {
 		return nil
 	}
@@ -239,6 +240,7 @@ func (ino *inode) release(retire, force bool) error {
 // dirty reports whether the inode holds data not yet on the server's stable
 // storage.
 func (ino *inode) dirty() bool {
+	<-ino.ready
 	ino.mu.Lock()
 	nc := ino.needCommit
 	ino.mu.Unlock()
