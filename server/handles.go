@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -52,6 +53,7 @@ type handleTable struct {
 	db     *bolt.DB
 	secret []byte
 	mu     sync.Mutex
+	live   atomic.Int64 // ids in the table, kept so Stats need not walk it
 }
 
 func openHandleTable(dir string) (*handleTable, error) {
@@ -98,6 +100,10 @@ func openHandleTable(dir string) (*handleTable, error) {
 		db.Close()
 		return nil, fmt.Errorf("init handle table: %w", err)
 	}
+	_ = db.View(func(tx *bolt.Tx) error {
+		t.live.Store(int64(tx.Bucket(bucketIDs).Stats().KeyN))
+		return nil
+	})
 	return t, nil
 }
 
@@ -201,6 +207,7 @@ func (t *handleTable) assign(p string) ([]byte, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var h []byte
+	added := false
 	err := t.db.Update(func(tx *bolt.Tx) error {
 		paths, ids, meta := tx.Bucket(bucketPaths), tx.Bucket(bucketIDs), tx.Bucket(bucketMeta)
 		if v := paths.Get(pathKey(p)); v != nil { // assigned meanwhile
@@ -224,10 +231,14 @@ func (t *handleTable) assign(p string) ([]byte, error) {
 			return err
 		}
 		h = t.encode(id, gen)
+		added = true
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("assign handle for %q: %w", p, err)
+	}
+	if added {
+		t.live.Add(1)
 	}
 	return h, nil
 }
@@ -254,6 +265,7 @@ func (t *handleTable) forget(p string) ([]uint64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("forget %q: %w", p, err)
 	}
+	t.live.Add(-int64(len(dropped)))
 	return dropped, nil
 }
 
@@ -297,6 +309,7 @@ func (t *handleTable) move(from, to string) (moved, dropped []uint64, err error)
 	if err != nil {
 		return nil, nil, fmt.Errorf("move %q to %q: %w", from, to, err)
 	}
+	t.live.Add(-int64(len(dropped)))
 	return moved, dropped, nil
 }
 
@@ -322,12 +335,5 @@ func subtree(paths *bolt.Bucket, p string) []pathID {
 	return out
 }
 
-// count reports how many ids are live (for tests and stats).
-func (t *handleTable) count() int {
-	n := 0
-	_ = t.db.View(func(tx *bolt.Tx) error {
-		n = tx.Bucket(bucketIDs).Stats().KeyN
-		return nil
-	})
-	return n
-}
+// count reports how many ids are live.
+func (t *handleTable) count() int { return int(t.live.Load()) }

@@ -236,3 +236,31 @@ func TestCreateExclusive(t *testing.T) {
 		})
 	}
 }
+
+// Stats.Handles follows assignments, removals and restarts.
+func TestHandleCount(t *testing.T) {
+	dir, fsys := diskFS(t)
+	state := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a"), nil, 0o644)
+	os.WriteFile(filepath.Join(dir, "b"), nil, 0o644)
+	s, addr := startServer(t, fsys, Options{StateDir: state})
+	r := dialRaw(t, addr)
+	root := r.rootHandle()
+	r.lookup(root, "a")
+	r.lookup(root, "b")
+	r.lookup(root, "a")
+	if n := s.Stats().Handles; n != 3 { // root, a, b
+		t.Fatalf("handles = %d, want 3", n)
+	}
+	if st := r.remove(root, "b"); st != 0 {
+		t.Fatal(st)
+	}
+	if n := s.Stats().Handles; n != 2 {
+		t.Fatalf("handles after remove = %d, want 2", n)
+	}
+	s.Close()
+	s2, _ := startServer(t, osfs.New(dir, osfs.WithBoundOS()), Options{StateDir: state})
+	if n := s2.Stats().Handles; n != 2 {
+		t.Fatalf("handles after restart = %d, want 2", n)
+	}
+}

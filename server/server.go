@@ -153,13 +153,15 @@ func (s *Server) removeTmp() {
 	}
 }
 
-// Serve accepts NFS and MOUNT connections on l until Close. It returns
-// nil after Close, or the listener's error.
+// Serve accepts NFS and MOUNT connections on l until Close, and closes
+// l. It returns nil once the server is closed (also when called after
+// Close), or the listener's error.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return net.ErrClosed
+		l.Close()
+		return nil
 	}
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
@@ -167,6 +169,7 @@ func (s *Server) Serve(l net.Listener) error {
 		s.mu.Lock()
 		delete(s.listeners, l)
 		s.mu.Unlock()
+		l.Close()
 	}()
 	for {
 		c, err := l.Accept()
