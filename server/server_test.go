@@ -446,6 +446,15 @@ func TestMalformedCallsCloseOnlyThatConnection(t *testing.T) {
 	if acc, _ := good.call(progNFS, 4, 0, nil); acc != acceptProgMismatch {
 		t.Fatalf("NFSv4 call: accept_stat %d", acc)
 	}
+	if acc, _ := good.call(progNFS, 3, 22, nil); acc != acceptProcUnavail {
+		t.Fatalf("NFS procedure 22: accept_stat %d", acc)
+	}
+	if acc, body := good.call(progMount, 3, MountProcDump, nil); acc != 0 || !bytes.Equal(body, []byte{0, 0, 0, 0}) {
+		t.Fatalf("MOUNT DUMP: %d %x", acc, body)
+	}
+	if acc, _ := good.call(progMount, 3, MountProcUmntAll, nil); acc != 0 {
+		t.Fatalf("MOUNT UMNTALL: %d", acc)
+	}
 	if st := good.getattr(good.rootHandle()); st != 0 {
 		t.Fatalf("good connection broken: %d", st)
 	}

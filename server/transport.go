@@ -266,9 +266,12 @@ func (s *Server) dispatch(cc *clientConn, call *rpcCall) error {
 		if call.vers != 3 {
 			return cc.send(progMismatch(call.xid))
 		}
-		if call.proc < numNFSProcs {
-			s.stats.nfs[call.proc].Add(1)
+		if call.proc >= numNFSProcs {
+			// go-nfs would answer with its PROC_UNAVAIL, which its enum
+			// puts on the wire as PROG_MISMATCH without the version range.
+			return cc.send(appendAcceptedHeader(nil, call.xid, acceptProcUnavail))
 		}
+		s.stats.nfs[call.proc].Add(1)
 		switch call.proc {
 		case ProcRead:
 			return s.onRead(cc, call)
@@ -289,11 +292,18 @@ func (s *Server) dispatch(cc *clientConn, call *rpcCall) error {
 		if call.vers < 1 || call.vers > 3 {
 			return cc.send(progMismatch(call.xid))
 		}
-		if call.proc < numMountProcs {
-			s.stats.mount[call.proc].Add(1)
+		if call.proc >= numMountProcs {
+			return cc.send(appendAcceptedHeader(nil, call.xid, acceptProcUnavail))
 		}
-		if call.proc == MountProcExport {
+		s.stats.mount[call.proc].Add(1)
+		switch call.proc {
+		case MountProcExport:
 			return cc.send(exportList(call.xid))
+		case MountProcDump:
+			// RFC 1813 §5.2.2: no mount list is kept (MNT is stateless here).
+			return cc.send(binary.BigEndian.AppendUint32(appendAcceptedHeader(nil, call.xid, acceptSuccess), 0))
+		case MountProcUmntAll:
+			return cc.send(appendAcceptedHeader(nil, call.xid, acceptSuccess))
 		}
 	default:
 		return cc.send(appendAcceptedHeader(nil, call.xid, acceptProgUnavail))
