@@ -358,7 +358,9 @@ func bootGuest(t *testing.T, k kernelEnv, initrd, phase string, onPause func(*gu
 		"-append", "console=ttyS0 quiet panic=-1 PHASE="+phase,
 		// romfile= skips the iPXE option ROM: nothing boots from the network.
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, killed as a whole on timeout; and killed if
+	// the test binary dies (go test -timeout) instead of running on.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

@@ -116,11 +116,12 @@ func (s *rpcSniffer) connect(down net.Conn) {
 }
 
 // relay copies RPC records from src to dst, decoding each; either side
-// ending closes both.
+// ending closes both. A call is decoded before it is forwarded, so its
+// reply can never arrive first.
 func (s *rpcSniffer) relay(src, dst net.Conn, calls bool) {
 	defer src.Close()
 	defer dst.Close()
-	var record []byte
+	var record, wire []byte
 	hdr := make([]byte, 4)
 	for {
 		if _, err := io.ReadFull(src, hdr); err != nil {
@@ -131,20 +132,21 @@ func (s *rpcSniffer) relay(src, dst net.Conn, calls bool) {
 		if _, err := io.ReadFull(src, frag); err != nil {
 			return
 		}
-		if _, err := dst.Write(append(hdr, frag...)); err != nil {
-			return
-		}
-		hdr = make([]byte, 4)
+		wire = append(append(wire, hdr...), frag...)
 		record = append(record, frag...)
 		if mark&0x80000000 == 0 {
 			continue
 		}
 		if calls {
 			s.onCall(record)
-		} else {
+		}
+		if _, err := dst.Write(wire); err != nil {
+			return
+		}
+		if !calls {
 			s.onReply(record)
 		}
-		record = nil
+		record, wire = nil, nil
 	}
 }
 
