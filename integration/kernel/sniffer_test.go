@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -393,4 +394,81 @@ func unimplemented(counts []string) []string {
 		}
 	}
 	return bad
+}
+
+// xdrBuilder assembles XDR for the relay's own test.
+type xdrBuilder []byte
+
+func (b *xdrBuilder) u32(v uint32) *xdrBuilder { *b = binary.BigEndian.AppendUint32(*b, v); return b }
+func (b *xdrBuilder) u64(v uint64) *xdrBuilder { *b = binary.BigEndian.AppendUint64(*b, v); return b }
+func (b *xdrBuilder) opaque(p []byte) *xdrBuilder {
+	b.u32(uint32(len(p)))
+	*b = append(*b, p...)
+	for len(*b)%4 != 0 {
+		*b = append(*b, 0)
+	}
+	return b
+}
+
+func TestSnifferDecodesReaddir(t *testing.T) {
+	s := &rpcSniffer{pending: map[uint32]callInfo{}, counts: map[string]int{}}
+	call := func(xid, proc uint32, args func(*xdrBuilder)) {
+		b := &xdrBuilder{}
+		b.u32(xid).u32(0).u32(2).u32(progNFS).u32(3).u32(proc)
+		b.u32(1).opaque(make([]byte, 20)) // AUTH_UNIX credential
+		b.u32(0).opaque(nil)              // verifier
+		args(b)
+		s.onCall(*b)
+	}
+	reply := func(xid uint32, res func(*xdrBuilder)) {
+		b := &xdrBuilder{}
+		b.u32(xid).u32(1).u32(0).u32(0).opaque(nil).u32(0)
+		res(b)
+		s.onReply(*b)
+	}
+	call(7, 17, func(b *xdrBuilder) { b.opaque([]byte("fh")).u64(126).u64(0xabc).u32(65536).u32(65536) })
+	reply(7, func(b *xdrBuilder) {
+		b.u32(0)             // NFS3_OK
+		b.u32(1).opaque(nil) // dir attributes follow: 84 bytes
+		*b = append((*b)[:len(*b)-4], make([]byte, 84)...)
+		b.u64(0xabc) // cookie verifier
+		for i := uint64(127); i <= 128; i++ {
+			b.u32(1).u64(i).opaque([]byte("name")).u64(i)
+			b.u32(0) // no attributes
+			b.u32(1).opaque([]byte("handle"))
+		}
+		b.u32(0).u32(1) // no more entries, eof
+	})
+	call(8, 16, func(b *xdrBuilder) { b.opaque([]byte("fh")).u64(253).u64(0xabc).u32(4096) })
+	reply(8, func(b *xdrBuilder) { b.u32(10003) })
+	call(9, 11, func(b *xdrBuilder) {})
+	b := &xdrBuilder{}
+	b.u32(9).u32(1).u32(0).u32(0).opaque(nil).u32(3) // PROC_UNAVAIL
+	s.onReply(*b)
+	reply(99, func(b *xdrBuilder) { b.u32(0) }) // a reply without a call
+
+	counts, readdir, failed := s.report()
+	want := []string{
+		"NFS3 MKNOD → PROC_UNAVAIL: 1",
+		"NFS3 READDIR → NFS3ERR_BAD_COOKIE: 1",
+		"NFS3 READDIRPLUS → NFS3_OK: 1",
+		"replies to calls the relay did not see: 1",
+	}
+	if strings.Join(counts, "|") != strings.Join(want, "|") {
+		t.Errorf("counts\n got %q\nwant %q", counts, want)
+	}
+	if len(readdir) != 2 ||
+		readdir[0] != "NFS3 READDIRPLUS cookie=126 verf=0000000000000abc count=65536 maxcount=65536 → NFS3_OK entries=2 cookies=127..128 verf=0000000000000abc eof=1" ||
+		readdir[1] != "NFS3 READDIR cookie=253 verf=0000000000000abc count=4096 → NFS3ERR_BAD_COOKIE" {
+		t.Errorf("readdir trace:\n%s", strings.Join(readdir, "\n"))
+	}
+	if len(failed) != 2 {
+		t.Errorf("failed calls: %q", failed)
+	}
+	if bad := unimplemented(counts); len(bad) != 1 || !strings.Contains(bad[0], "PROC_UNAVAIL") {
+		t.Errorf("unimplemented: %q", bad)
+	}
+	if got := aroundBadCookies(readdir, 10); len(got) != 2 {
+		t.Errorf("aroundBadCookies: %q", got)
+	}
 }
