@@ -428,9 +428,9 @@ func TestSnifferDecodesReaddir(t *testing.T) {
 	}
 	call(7, 17, func(b *xdrBuilder) { b.opaque([]byte("fh")).u64(126).u64(0xabc).u32(65536).u32(65536) })
 	reply(7, func(b *xdrBuilder) {
-		b.u32(0)             // NFS3_OK
-		b.u32(1).opaque(nil) // dir attributes follow: 84 bytes
-		*b = append((*b)[:len(*b)-4], make([]byte, 84)...)
+		b.u32(0) // NFS3_OK
+		b.u32(1) // dir attributes follow: a fattr3 of 84 bytes
+		*b = append(*b, make([]byte, 84)...)
 		b.u64(0xabc) // cookie verifier
 		for i := uint64(127); i <= 128; i++ {
 			b.u32(1).u64(i).opaque([]byte("name")).u64(i)
