@@ -46,7 +46,9 @@
 // pressure, or Sync/Close) calls our WritePages: the present bytes of each
 // dirty extent are sent with UNSTABLE WRITEs (client.WriteAtFrom, which
 // re-reads them from the cache should the server's write verifier change)
-// followed by a COMMIT (nfs_writepages + nfs_commit_inode). When the last
+// followed by a COMMIT (nfs_writepages + nfs_commit_inode); dirty data that
+// fits in one WRITE goes FILE_SYNC without a COMMIT, as the Linux client
+// sends a single request FLUSH_STABLE. When the last
 // dirty page is clean, writeback clears PinningCacheWB atomically with that
 // check and our WriteInode calls fscache.UnpinWriteback (->write_inode →
 // fscache_unpin_writeback).

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -693,6 +694,11 @@ func (w wbFilesystem) WritePages(ctx context.Context, wbi *writeback.Inode, exte
 			}
 		}
 	}
+	if len(chunks) == 1 && chunks[0].Len <= int64(w.s.clnt.WSize()) {
+		// One small write: FILE_SYNC and no COMMIT, as the Linux client
+		// does for a single request (FLUSH_STABLE).
+		return 0, w.writeStable(ctx, ino, chunks[0])
+	}
 	// A few chunks in flight: reading the next chunk from the cache
 	// overlaps with the WRITEs of the previous ones.
 	if err := forEach(ctx, len(chunks), writebackWorkers, func(i int) error {
@@ -712,6 +718,40 @@ func (w wbFilesystem) WritePages(ctx context.Context, wbi *writeback.Inode, exte
 	}
 	ino.refreshAttr(ctx, res.Wcc.After)
 	return 0, nil
+}
+
+// writeStable writes one chunk with FILE_SYNC WRITEs and adopts the
+// post-op attributes of the reply. A server that answers UNSTABLE anyway
+// gets a COMMIT, and a changed write verifier means the data may be lost:
+// the chunk stays dirty and is written again.
+func (w wbFilesystem) writeStable(ctx context.Context, ino *inode, c fscache.Range) error {
+	b := make([]byte, c.Len)
+	if _, err := ino.ck.ReadAt(b, c.Off); err != nil {
+		return err
+	}
+	var after *client.Attr
+	for done := 0; done < len(b); {
+		r, err := w.s.clnt.Write(ctx, ino.fh, uint64(c.Off)+uint64(done), b[done:], client.FileSync)
+		if err != nil {
+			return err
+		}
+		if r.Count <= 0 {
+			return fmt.Errorf("billyfs: server wrote 0 bytes at %d", c.Off+int64(done))
+		}
+		if r.Committed != client.FileSync {
+			cr, err := w.s.clnt.Commit(ctx, ino.fh, uint64(c.Off)+uint64(done), uint32(r.Count))
+			if err != nil {
+				return err
+			}
+			if cr.Verifier != r.Verifier {
+				return fmt.Errorf("billyfs: server restarted before COMMIT (write verifier changed)")
+			}
+		}
+		after = r.Wcc.After
+		done += r.Count
+	}
+	ino.refreshAttr(ctx, after)
+	return nil
 }
 
 // WriteInode is ->write_inode: it drops the writeback pin when writeback
