@@ -308,6 +308,9 @@ func (s *Server) dispatch(cc *clientConn, call *rpcCall) error {
 	default:
 		return cc.send(appendAcceptedHeader(nil, call.xid, acceptProgUnavail))
 	}
+	if !validArgs(call.prog, call.proc, call.args) {
+		return cc.send(appendAcceptedHeader(nil, call.xid, acceptGarbageArgs))
+	}
 	reply, err := s.forward(call)
 	if err != nil {
 		return err
