@@ -43,7 +43,15 @@ func bfsDrain(b *testing.B, r io.Reader, buf []byte) int64 {
 
 // bfsGoNFSClient mounts srv with go-nfs-client (the baseline client).
 func bfsGoNFSClient(b *testing.B, srv *bfsServer) *nfsc.Target {
-	c, err := rpc.DialTCP("tcp", srv.Addr, false)
+	// go-nfs-client binds a random local port and can collide with one in
+	// use: retry.
+	var c *rpc.Client
+	var err error
+	for try := 0; try < 20; try++ {
+		if c, err = rpc.DialTCP("tcp", srv.Addr, false); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		b.Fatal(err)
 	}
