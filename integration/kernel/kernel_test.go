@@ -141,12 +141,44 @@ func buildGuest(t *testing.T, out string) {
 	}
 }
 
+// TestLinuxKernelClient mounts our server (serve: an osfs directory).
 func TestLinuxKernelClient(t *testing.T) {
 	k := requireKernelEnv(t)
+	runKernelSuite(t, k, knownServe, func(t *testing.T, exportDir string, logger *slog.Logger) starter {
+		stateDir := filepath.Join(t.TempDir(), "state")
+		return func(t *testing.T, addr string) *runningServer {
+			return startServer(t, addr, exportDir, stateDir, logger)
+		}
+	})
+}
+
+// TestLinuxKernelClientProxy mounts the proxy (our server over billyfs with
+// a local cache) whose upstream is our server over the export directory.
+// Only the proxy restarts; the upstream keeps running. It doubles the
+// test time, so it runs only with NFSCACHE_KERNEL_PROXY=1.
+func TestLinuxKernelClientProxy(t *testing.T) {
+	if os.Getenv("NFSCACHE_KERNEL_PROXY") == "" {
+		t.Skip("the proxy variant boots the guest twice more (~3 min): set NFSCACHE_KERNEL_PROXY=1 to run it")
+	}
+	k := requireKernelEnv(t)
+	runKernelSuite(t, k, knownProxy, func(t *testing.T, exportDir string, logger *slog.Logger) starter {
+		up := startServer(t, "127.0.0.1:0", exportDir, filepath.Join(t.TempDir(), "upstream-state"), logger.With("side", "upstream"))
+		t.Cleanup(func() { up.stop() })
+		cacheDir, stateDir := filepath.Join(t.TempDir(), "cache"), filepath.Join(t.TempDir(), "proxy-state")
+		return func(t *testing.T, addr string) *runningServer {
+			return startProxy(t, addr, up.addr, cacheDir, stateDir, logger.With("side", "proxy"))
+		}
+	})
+}
+
+// starter starts the server under test on addr ("127.0.0.1:0" first, the
+// same address on a restart).
+type starter func(t *testing.T, addr string) *runningServer
+
+func runKernelSuite(t *testing.T, k kernelEnv, known knownSet, setup func(t *testing.T, exportDir string, logger *slog.Logger) starter) {
 	work := t.TempDir()
 	exportDir := filepath.Join(work, "export")
-	stateDir := filepath.Join(work, "state")
-	for _, d := range []string{exportDir, stateDir, filepath.Join(exportDir, "readdir", "big")} {
+	for _, d := range []string{exportDir, filepath.Join(exportDir, "readdir", "big")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -165,7 +197,8 @@ func TestLinuxKernelClient(t *testing.T) {
 	nfs.SetLogger(&nfsLogger{l: logger, level: nfs.InfoLevel})
 	t.Cleanup(func() { nfs.SetLogger(prevLog) })
 
-	srv := startServer(t, "127.0.0.1:0", exportDir, stateDir, logger)
+	start := setup(t, exportDir, logger)
+	srv := start(t, "127.0.0.1:0")
 	t.Cleanup(func() {
 		if srv != nil {
 			srv.stop()
@@ -188,12 +221,12 @@ func TestLinuxKernelClient(t *testing.T) {
 	buildInitramfs(t, k, guestBin, config, initrd)
 
 	restart := func(why string) {
-		start := time.Now()
+		began := time.Now()
 		if err := srv.stop(); err != nil {
 			t.Errorf("stopping the server (%s): %v", why, err)
 		}
-		srv = startServer(t, srv.addr, exportDir, stateDir, logger)
-		t.Logf("server restarted on %s (%s) in %v", srv.addr, why, time.Since(start).Round(time.Millisecond))
+		srv = start(t, srv.addr)
+		t.Logf("server restarted on %s (%s) in %v", srv.addr, why, time.Since(began).Round(time.Millisecond))
 	}
 
 	sums := map[string]shaLine{}
@@ -207,12 +240,12 @@ func TestLinuxKernelClient(t *testing.T) {
 		restart("with the guest paused, files open")
 	})
 	boot1.rpcCounts, boot1.readdirTrace, boot1.failedCalls = sniffer.report()
-	boot1.report(t, writeChecks)
+	boot1.report(t, writeChecks, known)
 
 	restart("between boots")
 	boot2 := bootGuest(t, k, initrd, "verify", nil)
 	boot2.rpcCounts, boot2.readdirTrace, boot2.failedCalls = sniffer.report()
-	boot2.report(t, verifyChecks)
+	boot2.report(t, verifyChecks, known)
 
 	for _, s := range boot1.shas() {
 		sums[s.path] = s
@@ -430,7 +463,7 @@ func bootGuest(t *testing.T, k kernelEnv, initrd, phase string, onPause func(*gu
 }
 
 // report turns the boot's checks into subtests.
-func (g *guestRun) report(t *testing.T, want []string) {
+func (g *guestRun) report(t *testing.T, want []string, known knownSet) {
 	t.Helper()
 	t.Run("boot_"+g.phase, func(t *testing.T) {
 		failed := g.err != nil
@@ -449,15 +482,15 @@ func (g *guestRun) report(t *testing.T, want []string) {
 		}
 		for _, n := range g.plan {
 			res, ok := g.checks[n]
-			known, isKnown := knownFailures[g.phase+"/"+n]
+			why, isKnown := known.failures[g.phase+"/"+n]
 			if isKnown && ok && !strings.HasPrefix(res, "ok") {
-				t.Logf("KNOWN FAILURE %s/%s: %s (%s)", g.phase, n, res, known)
+				t.Logf("KNOWN FAILURE %s/%s: %s (%s)", g.phase, n, res, why)
 				continue
 			}
 			t.Run(n, func(t *testing.T) {
 				switch {
 				case isKnown && ok:
-					t.Logf("KNOWN FAILURE NOW PASSES: %s/%s is listed in knownFailures (%s) but passed: remove it once it passes reliably", g.phase, n, known)
+					t.Logf("KNOWN FAILURE NOW PASSES: %s/%s is listed as a known failure (%s) but passed: remove it once it passes reliably", g.phase, n, why)
 				case !ok:
 					t.Errorf("no result reported (guest stopped or hung; last BEGIN: %s)", g.lastBegin())
 				case strings.HasPrefix(res, "ok"):
@@ -477,7 +510,7 @@ func (g *guestRun) report(t *testing.T, want []string) {
 			var bad []string
 			for _, c := range unimplemented(g.rpcCounts) {
 				key, _, _ := strings.Cut(c, ":")
-				if why, ok := knownUnimplemented[key]; ok {
+				if why, ok := known.unimplemented[key]; ok {
 					t.Logf("KNOWN UNIMPLEMENTED %s (%s)", c, why)
 					continue
 				}
@@ -487,6 +520,9 @@ func (g *guestRun) report(t *testing.T, want []string) {
 				t.Errorf("the server answered calls of the kernel as unimplemented:\n%s", strings.Join(bad, "\n"))
 			}
 		})
+		if msgs := g.kernelNFSMessages(); len(msgs) > 0 {
+			t.Logf("kernel NFS messages in boot %s:\n%s", g.phase, strings.Join(msgs, "\n"))
+		}
 		if failed {
 			t.Logf("serial console of boot %s:\n%s", g.phase, strings.Join(g.lines, "\n"))
 			t.Logf("calls of boot %s the server answered other than OK or NOENT (relay):\n%s", g.phase, strings.Join(g.failedCalls, "\n"))
@@ -496,6 +532,22 @@ func (g *guestRun) report(t *testing.T, want []string) {
 			}
 		}
 	})
+}
+
+// kernelNFSMessages returns the kernel's NFS complaints on the console,
+// such as "NFS: server 10.0.2.2 error: fileid changed" (printed at
+// KERN_ERR, so "quiet" does not hide them) and the line after each.
+func (g *guestRun) kernelNFSMessages() []string {
+	var out []string
+	for i, l := range g.lines {
+		if strings.Contains(l, "] NFS: ") || strings.Contains(l, "] nfs: ") {
+			out = append(out, l)
+			if i+1 < len(g.lines) && strings.HasPrefix(g.lines[i+1], "[") {
+				out = append(out, g.lines[i+1])
+			}
+		}
+	}
+	return out
 }
 
 func (g *guestRun) lastBegin() string {
