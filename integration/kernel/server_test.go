@@ -132,17 +132,13 @@ var (
 
 // knownProxyUnimplemented is knownUnimplemented for the proxy variant.
 var knownProxyUnimplemented = map[string]string{
-	"NFS3 CREATE → NFS3ERR_NOTSUPP": "as for our server: CREATE EXCLUSIVE is refused, Linux retries as GUARDED",
-	"NFS3 LINK → NFS3ERR_NOTSUPP":   "billyfs has no hard-link operation",
+	"NFS3 LINK → NFS3ERR_NOTSUPP": "billyfs has no hard-link operation",
 }
 
 // knownUnimplemented lists calls (as the relay counts them) our server
 // answers as unsupported although the kernel sends them with these mount
 // options, and why that is tolerated for now.
-var knownUnimplemented = map[string]string{
-	"NFS3 CREATE → NFS3ERR_NOTSUPP": "CREATE EXCLUSIVE (open with O_EXCL) is refused by go-nfs onCreate; Linux " +
-		"retries as GUARDED, so O_EXCL still works, without the verifier's protection against a retransmitted CREATE",
-}
+var knownUnimplemented = map[string]string{}
 
 // stop closes the listener and every connection and waits for Serve to return.
 func (s *runningServer) stop() error {
