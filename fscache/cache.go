@@ -36,6 +36,13 @@ var (
 	ErrRelinquished = errors.New("fscache: cookie relinquished")
 	// ErrAlreadyAcquired means a live cookie with the same key exists.
 	ErrAlreadyAcquired = errors.New("fscache: cookie already acquired")
+	// ErrDirty means the operation would discard dirty ranges (data not
+	// yet committed on the server), so it was refused.
+	ErrDirty = errors.New("fscache: object holds dirty data")
+	// ErrDirtyConflict means AcquireCookie found dirty data recorded under
+	// other coherency data: the remote file changed while local changes
+	// were not written back. Nothing was discarded.
+	ErrDirtyConflict = errors.New("fscache: dirty object's coherency data differs")
 	// ErrClosed means the cache was closed.
 	ErrClosed = errors.New("fscache: cache closed")
 )
@@ -73,6 +80,11 @@ type Options struct {
 	// only process death: the backing file is fdatasync'd before the record
 	// is appended, and the index is fsync'd after.
 	Durable bool
+	// DirtySyncInterval is how often dirty records (MarkDirty) and their
+	// data are made durable by a background SyncDirty. Default 5s (like
+	// dirty_writeback_centisecs); negative disables it (SyncDirty and
+	// Close still sync).
+	DirtySyncInterval time.Duration
 	// Logger receives culling and error reports. nil discards.
 	Logger *slog.Logger
 
@@ -109,11 +121,12 @@ type Cache struct {
 	openFiles   int
 	pinned      int // cookies with pins > 0
 
-	stopped  atomic.Bool // below a Stop threshold: no new data written
-	cullKick chan struct{}
-	done     chan struct{}
-	wg       sync.WaitGroup
-	cullMu   sync.Mutex // one cull pass at a time
+	stopped       atomic.Bool // below a Stop threshold: no new data written
+	dirtyUnsynced atomic.Bool // MarkDirty since the last SyncDirty
+	cullKick      chan struct{}
+	done          chan struct{}
+	wg            sync.WaitGroup
+	cullMu        sync.Mutex // one cull pass at a time
 
 	st counters
 }
@@ -190,6 +203,14 @@ func Open(dir string, opts Options) (*Cache, error) {
 		c.wg.Add(1)
 		go c.culler()
 	}
+	if opts.DirtySyncInterval == 0 {
+		opts.DirtySyncInterval = 5 * time.Second
+		c.opts.DirtySyncInterval = opts.DirtySyncInterval
+	}
+	if opts.DirtySyncInterval > 0 {
+		c.wg.Add(1)
+		go c.dirtySyncer()
+	}
 	return c, nil
 }
 
@@ -197,6 +218,12 @@ func Open(dir string, opts Options) (*Cache, error) {
 // become unusable; pins still held are dropped (their dirty data is the
 // filesystem's, not the cache's).
 func (c *Cache) Close() error {
+	// Dirty data must be durable before the files close (close does not
+	// fdatasync).
+	syncErr := c.SyncDirty()
+	if errors.Is(syncErr, ErrClosed) {
+		syncErr = nil
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -223,7 +250,7 @@ func (c *Cache) Close() error {
 	for _, f := range files {
 		err = errors.Join(err, f.Close())
 	}
-	err = errors.Join(err, c.journal.close(), c.lockFile.Close())
+	err = errors.Join(err, syncErr, c.journal.close(), c.lockFile.Close())
 	return err
 }
 
@@ -320,7 +347,11 @@ func (v *Volume) AcquireCookie(key, aux []byte, size int64) (*Cookie, error) {
 	rec, ok := c.journal.lookup(k)
 	switch {
 	case ok && bytes.Equal(rec.volKey, v.key) && bytes.Equal(rec.key, key) && bytes.Equal(rec.aux, aux):
-		ck.aux, ck.size, ck.extents = rec.aux, rec.size, rec.extents
+		ck.aux, ck.size, ck.extents, ck.dirty = rec.aux, rec.size, rec.extents, rec.dirty
+		if len(rec.dirty) > 0 {
+			// Dirty bytes may lie beyond the remote size: never cut them.
+			size = max(size, rec.dirty[len(rec.dirty)-1].end)
+		}
 		if size != rec.size {
 			// The remote size is authoritative; data past it is gone.
 			ck.size = size
@@ -333,6 +364,8 @@ func (v *Volume) AcquireCookie(key, aux []byte, size int64) (*Cookie, error) {
 			}
 		}
 		c.journal.touch(k)
+	case ok && len(rec.dirty) > 0:
+		return nil, fmt.Errorf("%w: %x (%d dirty bytes kept)", ErrDirtyConflict, key, rec.dirty.bytes())
 	default:
 		if ok {
 			// Coherency mismatch (or a hash collision): the cached data is

@@ -48,6 +48,11 @@ type Cookie struct {
 	aux         []byte
 	size        int64
 	extents     extentSet
+	// dirty: ranges written locally and not yet committed on the server
+	// (MarkDirty/ClearDirty); a subset of extents. dirtyUnsynced: a dirty
+	// record or its data was written since the last SyncDirty.
+	dirty         extentSet
+	dirtyUnsynced bool
 }
 
 // Key is the cookie key.
@@ -152,6 +157,7 @@ func (ck *Cookie) unuse(pin bool, aux []byte, size int64) error {
 			ck.aux = bytes.Clone(aux)
 			if size < ck.size {
 				ck.extents = ck.extents.truncate(size)
+				ck.dirty = ck.dirty.truncate(size)
 			}
 			ck.size = size
 		}
@@ -464,6 +470,7 @@ func (ck *Cookie) Resize(size int64) error {
 	}
 	ck.size = size
 	ck.extents = ck.extents.truncate(size)
+	ck.dirty = ck.dirty.truncate(size)
 	c.st.resizes.Add(1)
 	if ck.file != nil {
 		if err := ck.file.Truncate(size); err != nil {
@@ -477,7 +484,10 @@ func (ck *Cookie) Resize(size int64) error {
 // Invalidate discards all cached data and records new coherency data and
 // size, like fscache_invalidate: the remote file changed. It waits for I/O
 // in flight; every read after it misses until new data is written. A
-// pinned cookie keeps its pin and its fd.
+// pinned cookie keeps its pin and its fd. A cookie holding dirty ranges
+// (MarkDirty) is not invalidated: Invalidate returns ErrDirty and changes
+// nothing, because those bytes exist nowhere else; write them back (or
+// resolve the conflict with Volume.MoveToConflicts) first.
 func (ck *Cookie) Invalidate(aux []byte, size int64) error {
 	c := ck.cache
 	ck.io.Lock()
@@ -486,6 +496,9 @@ func (ck *Cookie) Invalidate(aux []byte, size int64) error {
 	defer ck.mu.Unlock()
 	if ck.dead {
 		return ErrRelinquished
+	}
+	if len(ck.dirty) > 0 {
+		return fmt.Errorf("%w: %d dirty bytes", ErrDirty, ck.dirty.bytes())
 	}
 	ck.gen++
 	ck.extents = nil
@@ -509,6 +522,8 @@ func (ck *Cookie) Invalidate(aux []byte, size int64) error {
 // new data for the range to the cache (its cookie was not pinned when
 // writeback ran, or the cache stepped aside), so the cache must stop
 // serving its older copy. Like Invalidate it waits for I/O in flight.
+// Dirty records inside the range are dropped with it: the caller's newer
+// data for the range supersedes them and is the caller's to deliver.
 func (ck *Cookie) DiscardRange(off, n int64) error {
 	if off < 0 || n <= 0 {
 		return nil
@@ -528,6 +543,7 @@ func (ck *Cookie) DiscardRange(off, n int64) error {
 		return err
 	}
 	ck.extents = ck.extents.remove(off, off+n)
+	ck.dirty = ck.dirty.remove(off, off+n)
 	c.st.discards.Add(1)
 	return nil
 }

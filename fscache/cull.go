@@ -142,8 +142,8 @@ func (c *Cache) cullObject(k objKey) (bool, error) {
 		if c.cookies[k] != nil { // acquired meanwhile: leave it
 			return false, nil
 		}
-		if _, ok := c.journal.lookup(k); !ok {
-			return false, nil
+		if rec, ok := c.journal.lookup(k); !ok || len(rec.dirty) > 0 {
+			return false, nil // gone, or dirty: never culled
 		}
 		return true, c.removeObjectLocked(k, c.backingPath(k))
 	}
@@ -156,7 +156,7 @@ func (c *Cache) cullObject(k objKey) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ck.mu.Lock()
-	if ck.dead || ck.users > 0 || ck.pins > 0 || len(ck.extents) == 0 {
+	if ck.dead || ck.users > 0 || ck.pins > 0 || len(ck.extents) == 0 || len(ck.dirty) > 0 {
 		ck.mu.Unlock()
 		return false, nil
 	}

@@ -40,6 +40,8 @@ const (
 	recAux     = 4 // coherency data and size updated
 	recDelete  = 5 // object removed (retired or culled)
 	recDiscard = 6 // a range became absent
+	recDirty   = 7 // a range holds data not yet committed on the server
+	recClean   = 8 // a dirty range was committed on the server (+ verifier)
 )
 
 // objRecord is the journal's view of one backing object.
@@ -47,7 +49,9 @@ type objRecord struct {
 	volKey, key, aux []byte
 	size             int64
 	extents          extentSet
-	lastUsed         uint64 // logical clock; smaller = less recently used
+	dirty            extentSet // subset of extents not yet committed remotely
+	verifier         []byte    // last server write verifier seen (ClearDirty)
+	lastUsed         uint64    // logical clock; smaller = less recently used
 }
 
 // journal is guarded by mu, which is a leaf lock (see doc.go).
@@ -194,6 +198,7 @@ func (j *journal) apply(p []byte) error {
 		}
 		before := o.extents.bytes()
 		o.extents = o.extents.truncate(size)
+		o.dirty = o.dirty.truncate(size)
 		j.used += o.extents.bytes() - before
 		o.size = size
 	case recAux:
@@ -205,6 +210,7 @@ func (j *journal) apply(p []byte) error {
 		if size < o.size {
 			before := o.extents.bytes()
 			o.extents = o.extents.truncate(size)
+			o.dirty = o.dirty.truncate(size)
 			j.used += o.extents.bytes() - before
 		}
 		o.aux, o.size = aux, size
@@ -216,7 +222,27 @@ func (j *journal) apply(p []byte) error {
 		}
 		before := o.extents.bytes()
 		o.extents = o.extents.remove(off, off+n)
+		o.dirty = o.dirty.remove(off, off+n)
 		j.used += o.extents.bytes() - before
+	case recDirty:
+		off, n := d.varint(), d.varint()
+		o := j.objects[k]
+		if d.err != nil || o == nil || off < 0 || n <= 0 {
+			return errors.Join(d.err, fmt.Errorf("fscache: bad dirty record for %v", k))
+		}
+		o.dirty = o.dirty.add(off, off+n)
+	case recClean:
+		off, n, ver := d.varint(), d.varint(), d.bytes()
+		o := j.objects[k]
+		if d.err != nil || o == nil {
+			return errors.Join(d.err, fmt.Errorf("fscache: bad clean record for %v", k))
+		}
+		if n > 0 {
+			o.dirty = o.dirty.remove(off, off+n)
+		}
+		if ver != nil {
+			o.verifier = ver
+		}
 	case recDelete:
 		if d.err != nil {
 			return d.err
@@ -258,6 +284,20 @@ func encDiscard(k objKey, off, n int64) []byte {
 	p := append([]byte{recDiscard}, k[:]...)
 	p = binary.AppendVarint(p, off)
 	return binary.AppendVarint(p, n)
+}
+
+func encDirty(k objKey, off, n int64) []byte {
+	p := append([]byte{recDirty}, k[:]...)
+	p = binary.AppendVarint(p, off)
+	return binary.AppendVarint(p, n)
+}
+
+func encClean(k objKey, off, n int64, verifier []byte) []byte {
+	p := append([]byte{recClean}, k[:]...)
+	p = binary.AppendVarint(p, off)
+	p = binary.AppendVarint(p, n)
+	p = binary.AppendUvarint(p, uint64(len(verifier)))
+	return append(p, verifier...)
 }
 
 func encResize(k objKey, size int64) []byte {
@@ -329,6 +369,7 @@ func (j *journal) lookup(k objKey) (objRecord, bool) {
 	}
 	c := *o
 	c.extents = o.extents.clone()
+	c.dirty = o.dirty.clone()
 	return c, true
 }
 
@@ -381,6 +422,12 @@ func (j *journal) compactLocked() error {
 		for _, e := range o.extents {
 			b = appendRecord(b, encPresent(k, e.off, e.end-e.off))
 		}
+		for _, e := range o.dirty {
+			b = appendRecord(b, encDirty(k, e.off, e.end-e.off))
+		}
+		if o.verifier != nil {
+			b = appendRecord(b, encClean(k, 0, 0, o.verifier))
+		}
 		// The object record sets size from its fields; present records may
 		// only grow it, so the stored size is already exact.
 	}
@@ -402,6 +449,46 @@ func (j *journal) compactLocked() error {
 	}
 	j.f, j.size, j.live = f, int64(len(b)), int64(len(b))
 	return nil
+}
+
+// sync makes every appended record durable (fsync of the index).
+func (j *journal) sync() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.broken != nil {
+		return j.broken
+	}
+	if j.f == nil {
+		return ErrClosed
+	}
+	if err := j.f.Sync(); err != nil {
+		return fmt.Errorf("fscache: sync index: %w", err)
+	}
+	return nil
+}
+
+// dirtyObjects returns copies of the records of objects of volume vol
+// holding dirty ranges.
+func (j *journal) dirtyObjects(vol []byte) []objRecord {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var out []objRecord
+	for _, o := range j.objects {
+		if len(o.dirty) > 0 && bytes.Equal(o.volKey, vol) {
+			c := *o
+			c.extents, c.dirty = o.extents.clone(), o.dirty.clone()
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// isDirty reports whether object k has dirty ranges.
+func (j *journal) isDirty(k objKey) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	o := j.objects[k]
+	return o != nil && len(o.dirty) > 0
 }
 
 func (j *journal) close() error {

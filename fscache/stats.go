@@ -18,6 +18,7 @@ type counters struct {
 	writes, bytesWritten, staleWrites            atomic.Int64
 	noSpaceWrites, invalidations, resizes        atomic.Int64
 	culled, cullPasses, discards                 atomic.Int64
+	dirtySyncs, conflicts                        atomic.Int64
 }
 
 // Stats is a snapshot of the cache's state and counters, the counterpart
