@@ -163,6 +163,9 @@ func Open(dir string, opts Options) (*Cache, error) {
 	if opts.CullInterval == 0 {
 		opts.CullInterval = 5 * time.Second
 	}
+	if opts.DirtySyncInterval == 0 {
+		opts.DirtySyncInterval = 5 * time.Second
+	}
 	if opts.statfs == nil {
 		opts.statfs = statfsFree
 	}
@@ -202,10 +205,6 @@ func Open(dir string, opts Options) (*Cache, error) {
 	if opts.CullInterval > 0 {
 		c.wg.Add(1)
 		go c.culler()
-	}
-	if opts.DirtySyncInterval == 0 {
-		opts.DirtySyncInterval = 5 * time.Second
-		c.opts.DirtySyncInterval = opts.DirtySyncInterval
 	}
 	if opts.DirtySyncInterval > 0 {
 		c.wg.Add(1)

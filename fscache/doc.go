@@ -24,6 +24,9 @@
 //	fscache_clear_inode_writeback        ClearInodeWriteback(ino, cookie, aux)
 //	cachefilesd brun/bcull/bstop         Options.BRun/BCull/BStop (+ F* for files), Cache.Cull
 //	/proc/fs/fscache/stats               Cache.Stats, Stats.String
+//	(no kernel counterpart: the page      Cookie.MarkDirty / ClearDirty,
+//	 cache dies with the client)          Cache.SyncDirty, Volume.DirtyCookies,
+//	                                      AcquireDirtyCookie, MoveToConflicts
 //
 // # Backing files and the index
 //
@@ -99,8 +102,40 @@
 // fall below the Cull percentage, until all are above Run. Below Stop, and
 // whenever a backing write fails (ENOSPC), the cache steps aside: WriteAt
 // returns ErrCacheUnavailable, records nothing, and the caller goes to the
-// server. The cache is never the only copy of data: dirty data lives in the
-// filesystem's writeback state until written to the server.
+// server. Culling never touches an object holding dirty ranges.
+//
+// # Dirty data and client crashes
+//
+// Unlike the kernel's FS-Cache, this cache may hold the only copy of data:
+// bytes a filesystem accepted and wrote into the cache but has not had
+// committed by the server. So that they survive a client crash, the cache
+// keeps a record of dirty ranges in the same journal (dirty.go). The order
+// is data, then record: WriteAt must have returned before MarkDirty(off, n)
+// (which refuses a range that is not present, e.g. after ENOSPC — the
+// caller then writes through to the server). ClearDirty(off, n, verifier)
+// after the server's COMMIT (or FILE_SYNC WRITE) drops the record and keeps
+// the write verifier. Records survive process death as soon as MarkDirty
+// returns; SyncDirty (fdatasync of every backing file dirtied since the
+// last call, then fsync of the index) extends that to power loss, and runs
+// every Options.DirtySyncInterval (default 5s) and at Close; a filesystem
+// calls it from fsync and close.
+//
+// A dirty object is never discarded behind the filesystem's back: culling
+// skips it, Invalidate returns ErrDirty, Resize and DiscardRange drop only
+// the records of the bytes they remove (the file was truncated; the caller
+// delivers the superseding data itself), Acquire with a smaller remote size
+// keeps the dirty bytes, and AcquireCookie with different aux returns
+// ErrDirtyConflict instead of discarding. Relinquish(true) (the remote file
+// was removed) deletes it with its records.
+//
+// After a crash, Volume.DirtyCookies lists the dirty objects (key, aux,
+// size, last verifier, ranges). Policy: if the remote file's current
+// coherency data equals Aux, the local bytes are newer — acquire with
+// AcquireDirtyCookie, read the ranges, WRITE + COMMIT them, ClearDirty. If
+// it differs, the remote file changed meanwhile: the server's version
+// wins in place, and MoveToConflicts moves the local copy to
+// <cache>/conflicts/<name>.<time>.<hash> (logged, counted in
+// Stats.Conflicts), so nothing is merged and nothing is lost.
 //
 // # Concurrency
 //
@@ -110,7 +145,7 @@
 //	Cookie.io (RW: shared by data I/O, exclusive by Invalidate, Resize,
 //	           Relinquish and culling)
 //	→ Cache.mu (cookie map, fd LRU, open-file and pinned counts)
-//	→ Cookie.mu (users, pins, fd, extents, aux, size)
+//	→ Cookie.mu (users, pins, fd, extents, dirty ranges, aux, size)
 //	→ journal.mu (persistent index; a leaf)
 //
 // Cache.cullMu serializes cull passes and is taken before all of them.

@@ -58,6 +58,8 @@ type Stats struct {
 	Culled           int64 // objects culled
 	CullPasses       int64
 	Discards         int64 // DiscardRange calls that dropped data
+	DirtySyncs       int64 // SyncDirty passes that had something to sync
+	Conflicts        int64 // dirty objects moved to conflicts/
 }
 
 // Stats returns a snapshot of the counters.
@@ -81,6 +83,7 @@ func (c *Cache) Stats() Stats {
 		Writes: st.writes.Load(), BytesWritten: st.bytesWritten.Load(), StaleWrites: st.staleWrites.Load(),
 		NoSpace: st.noSpaceWrites.Load(), Invalidations: st.invalidations.Load(), Resizes: st.resizes.Load(),
 		Culled: st.culled.Load(), CullPasses: st.cullPasses.Load(), Discards: st.discards.Load(),
+		DirtySyncs: st.dirtySyncs.Load(), Conflicts: st.conflicts.Load(),
 	}
 }
 
