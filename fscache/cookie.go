@@ -53,6 +53,11 @@ type Cookie struct {
 	// record or its data was written since the last SyncDirty.
 	dirty         extentSet
 	dirtyUnsynced bool
+	// markSeq counts MarkDirty calls; marks lists the ranges marked with
+	// their sequence numbers, so that ClearWrittenDirty keeps ranges marked
+	// after the caller read its data (see dirty.go).
+	markSeq uint64
+	marks   []dirtyMark
 }
 
 // Key is the cookie key.

@@ -67,9 +67,64 @@ func (ck *Cookie) MarkDirty(off, n int64) error {
 		return fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
 	}
 	ck.dirty = ck.dirty.add(off, off+n)
+	ck.markSeq++
+	if len(ck.marks) >= maxDirtyMarks {
+		// Collapse to one entry with the newest sequence: ClearWrittenDirty
+		// then keeps more than needed (safe: a dirty record too many is
+		// written back again), never less.
+		var all extentSet
+		for _, m := range ck.marks {
+			for _, e := range m.set {
+				all = all.add(e.off, e.end)
+			}
+		}
+		ck.marks = append(ck.marks[:0], dirtyMark{seq: ck.markSeq, set: all})
+	}
+	ck.marks = append(ck.marks, dirtyMark{seq: ck.markSeq, set: extentSet{{off, off + n}}})
 	ck.dirtyUnsynced = true
 	c.dirtyUnsynced.Store(true)
 	return nil
+}
+
+// maxDirtyMarks bounds Cookie.marks.
+const maxDirtyMarks = 1024
+
+type dirtyMark struct {
+	seq uint64
+	set extentSet
+}
+
+// DirtySeq is the number of MarkDirty calls so far. Sample it before
+// reading dirty bytes from the cache for a WRITE, and pass it to
+// ClearWrittenDirty after the COMMIT.
+func (ck *Cookie) DirtySeq() uint64 {
+	ck.mu.Lock()
+	defer ck.mu.Unlock()
+	return ck.markSeq
+}
+
+// ClearWrittenDirty is ClearDirty for data read from the cache when
+// DirtySeq was seq: parts of [off, off+n) marked dirty again after that
+// (a write that raced with the writeback) stay dirty.
+func (ck *Cookie) ClearWrittenDirty(off, n int64, seq uint64, verifier []byte) error {
+	if off < 0 || n <= 0 {
+		return nil
+	}
+	ck.mu.Lock()
+	clear := extentSet{{off, off + n}}
+	for _, m := range ck.marks {
+		if m.seq > seq {
+			for _, e := range m.set {
+				clear = clear.remove(e.off, e.end)
+			}
+		}
+	}
+	ck.mu.Unlock()
+	var errs []error
+	for _, e := range clear {
+		errs = append(errs, ck.ClearDirty(e.off, e.end-e.off, verifier))
+	}
+	return errors.Join(errs...)
 }
 
 // ClearDirty records that [off, off+n) was committed on the server, whose
@@ -93,6 +148,10 @@ func (ck *Cookie) ClearDirty(off, n int64, verifier []byte) error {
 		return err
 	}
 	ck.dirty = ck.dirty.remove(off, off+n)
+	if len(ck.dirty) == 0 {
+		// Nothing dirty: no range marked so far can need protecting.
+		ck.marks = ck.marks[:0]
+	}
 	return nil
 }
 

@@ -379,3 +379,59 @@ func TestDirtyENOSPC(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDirtyPeriodicSync: without any SyncDirty call, the background timer
+// syncs dirty records (Stats.DirtySyncs counts the pass), and a pass with
+// nothing dirtied since does no work.
+func TestDirtyPeriodicSync(t *testing.T) {
+	opts := testOptions()
+	opts.DirtySyncInterval = 10 * time.Millisecond
+	c := openTest(t, t.TempDir(), opts)
+	v := mustVolume(t, c, "vol")
+	ck := mustCookie(t, v, "fh", "a", 0)
+	ck.Use(true)
+	ck.WriteAt(pattern(1, 0, 4096), 0)
+	if err := ck.MarkDirty(0, 4096); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().DirtySyncs == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no periodic dirty sync in 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := c.Stats().DirtySyncs; n != 1 {
+		t.Fatalf("%d sync passes for one MarkDirty", n)
+	}
+}
+
+// TestClearWrittenDirtyKeepsRacingMarks: a range marked dirty again after
+// the writeback sampled DirtySeq (and read the older bytes) stays dirty
+// after ClearWrittenDirty of the whole range; the rest is cleared. Also
+// with more marks than the bounded mark list holds.
+func TestClearWrittenDirtyKeepsRacingMarks(t *testing.T) {
+	c := openTest(t, t.TempDir(), testOptions())
+	v := mustVolume(t, c, "vol")
+	ck := mustCookie(t, v, "fh", "a", 0)
+	ck.Use(true)
+	ck.WriteAt(pattern(1, 0, 3*maxDirtyMarks*10), 0)
+	for i := int64(0); i < 2*maxDirtyMarks; i++ {
+		ck.MarkDirty(i*10, 10)
+	}
+	seq := ck.DirtySeq()
+	ck.MarkDirty(100, 5) // a write racing the writeback
+	ck.MarkDirty(2*maxDirtyMarks*10+50, 10)
+	if err := ck.ClearWrittenDirty(0, 2*maxDirtyMarks*10, seq, []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	want := []Range{{100, 5}, {2*maxDirtyMarks*10 + 50, 10}}
+	if got := ck.Dirty(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("dirty after ClearWrittenDirty: %v, want %v", got, want)
+	}
+	ck.ClearWrittenDirty(0, 1<<40, ck.DirtySeq(), nil)
+	if got := ck.Dirty(); got != nil {
+		t.Fatalf("dirty after clearing all: %v", got)
+	}
+}
