@@ -114,7 +114,9 @@
 // (which refuses a range that is not present, e.g. after ENOSPC — the
 // caller then writes through to the server). ClearDirty(off, n, verifier)
 // after the server's COMMIT (or FILE_SYNC WRITE) drops the record and keeps
-// the write verifier. Records survive process death as soon as MarkDirty
+// the write verifier; ClearWrittenDirty(off, n, seq, verifier), with seq
+// sampled by DirtySeq before the bytes were read for the WRITE, keeps the
+// parts marked again meanwhile (a write racing the writeback). Records survive process death as soon as MarkDirty
 // returns; SyncDirty (fdatasync of every backing file dirtied since the
 // last call, then fsync of the index) extends that to power loss, and runs
 // every Options.DirtySyncInterval (default 5s) and at Close; a filesystem
