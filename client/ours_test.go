@@ -79,7 +79,7 @@ func (s *ourServer) restart() {
 func TestProceduresOurs(t *testing.T) {
 	s := startOurs(t)
 	c := dial(t, s.Addr, client.Options{})
-	exerciseProcedures(t, c, s.Dir, quirks{noExclusive: true, brokenLink: true})
+	exerciseProcedures(t, c, s.Dir, quirks{})
 	ex, err := c.Exports(testCtx(t))
 	if err != nil || len(ex) == 0 {
 		t.Fatalf("EXPORT: %+v %v", ex, err)
