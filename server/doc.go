@@ -15,6 +15,12 @@
 //     disk exports pass osfs.New(dir, osfs.WithBoundOS()), and Remove,
 //     Rename and the Change calls go through os.Root, so neither "..",
 //     absolute symlinks nor symlinks pointing out leave the directory.
+//   - Names (RFC 1813 §3.3, filename3 is one component): before a
+//     directory procedure reaches go-nfs, which would join a name into a
+//     path, the transport refuses as fs/nfsd does: '/' ACCES, NUL INVAL,
+//     over 255 bytes NAMETOOLONG, "." / ".." / "" EXIST, ACCES or PERM
+//     (LOOKUP "." is the directory itself); a directory handle naming a
+//     non-directory (a symlink would be followed) is NOTDIR.
 //   - Error mapping: go-nfs maps errors with os.IsNotExist and friends
 //     (which do not unwrap) and reports most failures as IO or ACCES. Each
 //     in-process go-nfs connection ("lane") has its own filesystem view

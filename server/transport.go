@@ -272,6 +272,9 @@ func (s *Server) dispatch(cc *clientConn, call *rpcCall) error {
 			return cc.send(appendAcceptedHeader(nil, call.xid, acceptProcUnavail))
 		}
 		s.stats.nfs[call.proc].Add(1)
+		if reply := s.dirRefusal(call); reply != nil {
+			return cc.send(reply)
+		}
 		switch call.proc {
 		case ProcRead:
 			return s.onRead(cc, call)
