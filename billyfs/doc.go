@@ -100,6 +100,39 @@
 // billy.ErrCrossedBoundary, returned bare as go-billy expects. Lock/Unlock
 // are no-ops (no NLM) and Capabilities does not report LockCapability.
 //
+// # Crash safety of dirty data
+//
+// A cached write stores the bytes in the cache object, then records the
+// range durably with fscache's Cookie.MarkDirty (a journal record that
+// survives process death at once), then dirties it in the flusher; if the
+// record cannot be written the write goes through to the server instead.
+// After each COMMIT (or FILE_SYNC WRITE) the written ranges are cleared
+// with ClearWrittenDirty (using the DirtySeq sampled before the cache was
+// read, so a racing write stays dirty) and the cookie's recorded coherency
+// data is set to the post-COMMIT attributes. File.Sync, File.Close and
+// FS.Sync/Close call Cache.SyncDirty (fdatasync of dirty backing files,
+// fsync of the index) before reporting success, so dirty records also
+// survive power loss; fscache syncs them periodically otherwise.
+//
+// Policy when New finds dirty objects left by a crashed predecessor on the
+// same CacheDir (for each Volume.DirtyCookies entry, before serving):
+//   - GETATTR the handle. If the remote file matches the recorded
+//     coherency data (size, mtime, ctime) the dirty ranges are read from
+//     the cache, sent with UNSTABLE WRITEs and COMMITted, then cleared:
+//     the local writes win, as they would have without the crash.
+//   - If the remote file changed meanwhile, or is gone (NFS3ERR_STALE),
+//     nothing is merged: the server's version stays untouched and the
+//     local copy is moved with Volume.MoveToConflicts to
+//     <CacheDir>/conflicts/fh-<handle hex>.<UTC time>.<hash>, a warning is
+//     logged and Stats.Conflicts counts it. Holes in that file are bytes
+//     the cache never held.
+//   - Any other failure (server unreachable) is logged and leaves the
+//     records for the next New.
+//
+// A crash between a WRITE reaching the server and the aux update after
+// its COMMIT makes the remote file look changed: that file lands in
+// conflicts too (safe — nothing lost — but not automatic).
+//
 // # Concurrency
 //
 // FS and File are safe for concurrent use by many goroutines; a server such

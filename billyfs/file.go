@@ -268,6 +268,11 @@ func (f *File) syncLocked() error {
 		errs = append(errs, f.fs.s.flusher.SyncFile(ctx, f.ino.wb, &f.errCur))
 	}
 	errs = append(errs, f.ino.commitThrough(ctx))
+	if f.fs.s.cache != nil {
+		// Dirty records and data still in the cache (written later, or
+		// kept after a failed write-back) must survive a crash too.
+		errs = append(errs, f.fs.s.cache.SyncDirty())
+	}
 	if err := errors.Join(errs...); err != nil {
 		return f.err("sync", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-git/go-billy/v5"
@@ -49,6 +50,9 @@ type state struct {
 	attrs    map[string]attrEntry // handle → attributes
 	inodes   map[string]*inode    // handle → live inode
 	idle     *list.List           // of *inode with no open file, oldest first
+
+	recovered atomic.Int64 // dirty objects written back at New
+	conflicts atomic.Int64 // dirty objects moved to <cache>/conflicts at New
 }
 
 type dentry struct {
@@ -114,6 +118,7 @@ func New(ctx context.Context, opts Options) (*FS, error) {
 			return nil, fmt.Errorf("billyfs: cache volume: %w", err)
 		}
 		s.cache, s.vol = cache, vol
+		s.recoverDirty(ctx)
 		s.flusher = writeback.New(wbFilesystem{s}, writeback.Options{
 			DirtyExpire:     opts.DirtyExpire,
 			DirtyLimitBytes: opts.DirtyLimitBytes,
@@ -137,6 +142,9 @@ func (s *state) sync(ctx context.Context) error {
 	}
 	for _, ino := range s.liveInodes() {
 		errs = append(errs, ino.commitThrough(ctx))
+	}
+	if s.cache != nil {
+		errs = append(errs, s.cache.SyncDirty())
 	}
 	return errors.Join(errs...)
 }
@@ -170,6 +178,9 @@ func (f *FS) Close() error {
 	for _, ino := range s.liveInodes() {
 		errs = append(errs, ino.commitThrough(s.ctx))
 	}
+	if s.cache != nil {
+		errs = append(errs, s.cache.SyncDirty())
+	}
 	s.mu.Lock()
 	s.closed = true
 	inodes := make([]*inode, 0, len(s.inodes))
@@ -196,13 +207,18 @@ type Stats struct {
 	RPC       client.Stats    // per-procedure NFS/MOUNT calls
 	Writeback writeback.Stats // zero without a cache
 	Inodes    int             // inodes in memory
+	// Recovered counts the dirty objects a crashed predecessor left in
+	// the cache that New wrote back; Conflicts those it kept in
+	// <CacheDir>/conflicts because the remote file had changed or gone.
+	Recovered int64
+	Conflicts int64
 }
 
 // Stats returns the fscache stats, the client's RPC counts and the writeback
 // counters.
 func (f *FS) Stats() Stats {
 	s := f.s
-	st := Stats{RPC: s.clnt.Stats()}
+	st := Stats{RPC: s.clnt.Stats(), Recovered: s.recovered.Load(), Conflicts: s.conflicts.Load()}
 	if s.cache != nil {
 		st.Cache = s.cache.Stats()
 		st.Writeback = s.flusher.Stats()

@@ -354,9 +354,19 @@ func (ino *inode) revalidate(ctx context.Context, server client.Attr, otherWrite
 		ino.wb.Truncate(int64(server.Size))
 	}
 	if ino.ck != nil {
-		ino.fillMu.Lock()
-		err := ino.ck.Invalidate(aux(server), int64(server.Size))
-		ino.fillMu.Unlock()
+		invalidate := func() error {
+			ino.fillMu.Lock()
+			defer ino.fillMu.Unlock()
+			return ino.ck.Invalidate(aux(server), int64(server.Size))
+		}
+		err := invalidate()
+		if errors.Is(err, fscache.ErrDirty) {
+			// A local write landed after the flush above: write it
+			// back (it is ours and newer), then drop the old data.
+			if err = ino.flush(ctx); err == nil {
+				err = invalidate()
+			}
+		}
 		if err != nil {
 			ino.s.log.Warn("billyfs: invalidating cache", "handle", ino.fh.String(), "err", err)
 			ino.setBypass()
@@ -526,6 +536,12 @@ func (ino *inode) writeCached(ctx context.Context, p []byte, off int64) error {
 	ino.gen++
 	ino.mu.Unlock()
 	ino.wb.ExtendSize(end)
+	// Order: data, durable dirty record, then the flusher. Without the
+	// record a crash could lose the only copy: send it through instead.
+	if err := ino.ck.MarkDirty(off, int64(len(p))); err != nil {
+		ino.s.log.Warn("billyfs: recording dirty range failed, writing through", "handle", ino.fh.String(), "err", err)
+		return ino.writeThrough(ctx, p, off)
+	}
 	var pinErr error
 	err = ino.s.flusher.MarkDirty(ctx, ino.wb, off, int64(len(p)), func() {
 		pinErr = fscache.SetPageDirty(ino.wb, ino.ck)
@@ -677,6 +693,9 @@ func (w wbFilesystem) WritePages(ctx context.Context, wbi *writeback.Inode, exte
 		return 0, err
 	}
 	defer ino.ck.Unuse(nil, -1)
+	// Sampled before any chunk is read: a write racing with this
+	// writeback stays dirty (ClearWrittenDirty).
+	seq := ino.ck.DirtySeq()
 	size := ino.localSize()
 	var chunks []fscache.Range
 	for _, e := range extents {
@@ -697,7 +716,7 @@ func (w wbFilesystem) WritePages(ctx context.Context, wbi *writeback.Inode, exte
 	if len(chunks) == 1 && chunks[0].Len <= int64(w.s.clnt.WSize()) {
 		// One small write: FILE_SYNC and no COMMIT, as the Linux client
 		// does for a single request (FLUSH_STABLE).
-		return 0, w.writeStable(ctx, ino, chunks[0])
+		return 0, w.writeStable(ctx, ino, chunks[0], seq)
 	}
 	// A few chunks in flight: reading the next chunk from the cache
 	// overlaps with the WRITEs of the previous ones.
@@ -717,19 +736,47 @@ func (w wbFilesystem) WritePages(ctx context.Context, wbi *writeback.Inode, exte
 		return 0, err
 	}
 	ino.refreshAttr(ctx, res.Wcc.After)
+	var errs []error
+	for _, c := range chunks {
+		errs = append(errs, ino.ck.ClearWrittenDirty(c.Off, c.Len, seq, res.Verifier[:]))
+	}
+	ino.recordAux()
+	if err := errors.Join(errs...); err != nil {
+		// The data is on the server; a stale record only costs a
+		// second write-back after a crash.
+		ino.s.log.Warn("billyfs: clearing dirty record", "handle", ino.fh.String(), "err", err)
+	}
 	return 0, nil
+}
+
+// recordAux stores the current attributes as the cookie's coherency data,
+// so that a reopen after a crash compares dirty ranges against the version
+// this client itself last committed, not an older one (no false conflict).
+func (ino *inode) recordAux() {
+	if err := ino.ck.Use(true); err != nil {
+		return
+	}
+	ino.mu.Lock()
+	a := aux(ino.attr)
+	ino.mu.Unlock()
+	// Size -1: a write racing with this writeback may have extended the
+	// object past the size sampled here; a smaller size would cut it.
+	if err := ino.ck.Unuse(a, -1); err != nil {
+		ino.s.log.Debug("billyfs: recording aux", "err", err)
+	}
 }
 
 // writeStable writes one chunk with FILE_SYNC WRITEs and adopts the
 // post-op attributes of the reply. A server that answers UNSTABLE anyway
 // gets a COMMIT, and a changed write verifier means the data may be lost:
 // the chunk stays dirty and is written again.
-func (w wbFilesystem) writeStable(ctx context.Context, ino *inode, c fscache.Range) error {
+func (w wbFilesystem) writeStable(ctx context.Context, ino *inode, c fscache.Range, seq uint64) error {
 	b := make([]byte, c.Len)
 	if _, err := ino.ck.ReadAt(b, c.Off); err != nil {
 		return err
 	}
 	var after *client.Attr
+	var verf client.Verifier
 	for done := 0; done < len(b); {
 		r, err := w.s.clnt.Write(ctx, ino.fh, uint64(c.Off)+uint64(done), b[done:], client.FileSync)
 		if err != nil {
@@ -748,9 +795,14 @@ func (w wbFilesystem) writeStable(ctx context.Context, ino *inode, c fscache.Ran
 			}
 		}
 		after = r.Wcc.After
+		verf = r.Verifier
 		done += r.Count
 	}
 	ino.refreshAttr(ctx, after)
+	if err := ino.ck.ClearWrittenDirty(c.Off, c.Len, seq, verf[:]); err != nil {
+		ino.s.log.Warn("billyfs: clearing dirty record", "handle", ino.fh.String(), "err", err)
+	}
+	ino.recordAux()
 	return nil
 }
 
