@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -54,27 +53,17 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	out := fl.String("out", "bench-results", "directory for results.json, results.svg and results.md")
 	dir := fl.String("dir", "", "parent directory of the exports and caches (default: the system temp dir); its disk is what is measured")
 	targets := fl.String("targets", "", "comma-separated subset of "+strings.Join(bench.Targets(), ",")+" (default: all)")
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: nfsd-cache bench [flags]")
-		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "Starts on 127.0.0.1 stock go-nfs, our serve, our proxy and nfs-ganesha (when installed,")
-		fmt.Fprintln(stderr, "in its own network namespace), runs the same workloads against each with our client,")
-		fmt.Fprintln(stderr, "go-nfs-client and libnfs (when installed), and the local disk as the physical limit.")
-		fmt.Fprintln(stderr, "Prints a Markdown table and the ratios; writes JSON, SVG and the table into --out.")
-		fmt.Fprintln(stderr, "Progress goes to stderr. Nothing is asserted: it measures and reports.")
-		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "Flags:")
-		fl.PrintDefaults()
-	}
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fl.NArg() > 0 {
-		fmt.Fprintf(stderr, "bench: unexpected argument %q\n", fl.Arg(0))
-		return 2
+	if code, done := parseCommand(fl, args, stderr,
+		"Usage: nfsd-cache bench [flags]",
+		"",
+		"Starts on 127.0.0.1 stock go-nfs, our serve, our proxy and nfs-ganesha (when installed,",
+		"in its own network namespace), runs the same workloads against each with our client,",
+		"go-nfs-client and libnfs (when installed), and the local disk as the physical limit.",
+		"Prints a Markdown table and the ratios; writes JSON, SVG and the table into --out.",
+		"Progress goes to stderr. Nothing is asserted: it measures and reports.",
+		"",
+	); done {
+		return code
 	}
 	opts := bench.Options{
 		Size: int64(size), Files: *files, DirEntries: *dirEntries, Repeat: *repeat, Dir: *dir,

@@ -5,6 +5,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -66,4 +68,28 @@ func usage(cmds map[string]command, w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'nfsd-cache <command> --help' for a command's flags.")
+}
+
+// parseCommand gives fl a --help text (the usage lines, then "Flags:" and
+// the defaults), parses args and refuses stray arguments. When done is true
+// the subcommand returns code at once: 0 after --help, 2 for bad input.
+func parseCommand(fl *flag.FlagSet, args []string, stderr io.Writer, usage ...string) (code int, done bool) {
+	fl.Usage = func() {
+		for _, line := range usage {
+			fmt.Fprintln(stderr, line)
+		}
+		fmt.Fprintln(stderr, "Flags:")
+		fl.PrintDefaults()
+	}
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, true
+		}
+		return 2, true
+	}
+	if fl.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", fl.Name(), fl.Arg(0))
+		return 2, true
+	}
+	return 0, false
 }

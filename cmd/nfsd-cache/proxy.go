@@ -42,41 +42,32 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	allow := fl.String("allow", "", "comma-separated client networks allowed to connect, e.g. 10.0.0.0/8 (default: loopback only)")
 	metricsAddr := fl.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 (default: off)")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: nfsd-cache proxy --upstream HOST:PORT[:/export] [--portmap] --cache-dir DIR [flags]")
-		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "Re-exports an upstream NFSv3 server through a local disk cache, like an")
-		fmt.Fprintln(stderr, "FS-Cache backed knfsd re-export. Clients mount the proxy exactly as they")
-		fmt.Fprintln(stderr, "would mount the upstream (NFSv3 and MOUNT on --listen, no portmapper).")
-		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "  - Reads are served from the cache after the first fetch; every open")
-		fmt.Fprintln(stderr, "    revalidates with the upstream (close-to-open) and a changed file is")
-		fmt.Fprintln(stderr, "    fetched again.")
-		fmt.Fprintln(stderr, "  - Writes go into the cache and are written back to the upstream; a")
-		fmt.Fprintln(stderr, "    client's COMMIT returns only once the data is on the upstream.")
-		fmt.Fprintln(stderr, "  - File handles persist in --state-dir, so clients keep working across")
-		fmt.Fprintln(stderr, "    proxy restarts. SIGINT/SIGTERM flush every dirty byte before exit.")
-		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "Example:")
-		fmt.Fprintln(stderr, "  nfsd-cache proxy --upstream filer:2049:/export --cache-dir /var/cache/nfs \\")
-		fmt.Fprintln(stderr, "      --listen 0.0.0.0:2049 --allow 10.0.0.0/8 --cache-max-size 100G --metrics 127.0.0.1:9100")
-		fmt.Fprintln(stderr, "  nfsd-cache stats --metrics 127.0.0.1:9100")
-		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "Flags:")
-		fl.PrintDefaults()
-	}
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := parseCommand(fl, args, stderr,
+		"Usage: nfsd-cache proxy --upstream HOST:PORT[:/export] [--portmap] --cache-dir DIR [flags]",
+		"",
+		"Re-exports an upstream NFSv3 server through a local disk cache, like an",
+		"FS-Cache backed knfsd re-export. Clients mount the proxy exactly as they",
+		"would mount the upstream (NFSv3 and MOUNT on --listen, no portmapper).",
+		"",
+		"  - Reads are served from the cache after the first fetch; every open",
+		"    revalidates with the upstream (close-to-open) and a changed file is",
+		"    fetched again.",
+		"  - Writes go into the cache and are written back to the upstream; a",
+		"    client's COMMIT returns only once the data is on the upstream.",
+		"  - File handles persist in --state-dir, so clients keep working across",
+		"    proxy restarts. SIGINT/SIGTERM flush every dirty byte before exit.",
+		"",
+		"Example:",
+		"  nfsd-cache proxy --upstream filer:2049:/export --cache-dir /var/cache/nfs \\",
+		"      --listen 0.0.0.0:2049 --allow 10.0.0.0/8 --cache-max-size 100G --metrics 127.0.0.1:9100",
+		"  nfsd-cache stats --metrics 127.0.0.1:9100",
+		"",
+	); done {
+		return code
 	}
 	bad := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "proxy: "+format+"\n", a...)
 		return 2
-	}
-	if fl.NArg() > 0 {
-		return bad("unexpected argument %q", fl.Arg(0))
 	}
 	if *upstream == "" || *cacheDir == "" {
 		return bad("--upstream and --cache-dir are required (see --help)")

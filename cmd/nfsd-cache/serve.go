@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -32,25 +31,15 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	allow := fl.String("allow", "", "comma-separated client networks allowed to connect, e.g. 10.0.0.0/8,192.168.1.7/32 (default: loopback only)")
 	maxOpen := fl.Int("max-open-files", 0, "files kept open for reuse by READ/WRITE (default 256)")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: nfsd-cache serve [flags]")
-		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "Serves a directory over NFSv3 (MOUNT and NFS on one TCP port, no portmapper).")
-		fmt.Fprintln(stderr, "With no flags: an in-memory export on 127.0.0.1:2049 for loopback clients.")
-		fmt.Fprintln(stderr, "On start it prints the Linux mount command and the libnfs URL to use.")
-		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "Flags:")
-		fl.PrintDefaults()
-	}
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fl.NArg() > 0 {
-		fmt.Fprintf(stderr, "serve: unexpected argument %q\n", fl.Arg(0))
-		return 2
+	if code, done := parseCommand(fl, args, stderr,
+		"Usage: nfsd-cache serve [flags]",
+		"",
+		"Serves a directory over NFSv3 (MOUNT and NFS on one TCP port, no portmapper).",
+		"With no flags: an in-memory export on 127.0.0.1:2049 for loopback clients.",
+		"On start it prints the Linux mount command and the libnfs URL to use.",
+		"",
+	); done {
+		return code
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,25 +17,15 @@ func runStats(args []string, stdout, stderr io.Writer) int {
 	fl.SetOutput(stderr)
 	addr := fl.String("metrics", "127.0.0.1:9100", "the proxy's --metrics address (HOST:PORT), or a full URL")
 	timeout := fl.Duration("timeout", 10*time.Second, "give up on the scrape after this long")
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: nfsd-cache stats [--metrics HOST:PORT]")
-		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "Scrapes a running proxy's /metrics and prints it for humans: the")
-		fmt.Fprintln(stderr, "/proc/fs/fscache/stats lines, then hit ratio, dirty data and per-procedure")
-		fmt.Fprintln(stderr, "RPC counts (upstream, with mean latency; and served).")
-		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "Flags:")
-		fl.PrintDefaults()
-	}
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fl.NArg() > 0 {
-		fmt.Fprintf(stderr, "stats: unexpected argument %q\n", fl.Arg(0))
-		return 2
+	if code, done := parseCommand(fl, args, stderr,
+		"Usage: nfsd-cache stats [--metrics HOST:PORT]",
+		"",
+		"Scrapes a running proxy's /metrics and prints it for humans: the",
+		"/proc/fs/fscache/stats lines, then hit ratio, dirty data and per-procedure",
+		"RPC counts (upstream, with mean latency; and served).",
+		"",
+	); done {
+		return code
 	}
 	url := *addr
 	if !strings.Contains(url, "://") {
