@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/nfscache/nfscache/internal/ganesha"
 )
 
 // Workload names, in table order.
@@ -193,7 +195,8 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		}
 	}
 	prepare(TargetGanesha, func(dir string) (target, error) {
-		g, err := startGanesha(dir, mkdir("ganesha-work"))
+		// go-nfs-client sends AUTH_NULL, so the export also allows none.
+		g, err := ganesha.Start(dir, mkdir("ganesha-work"), ganesha.Options{SecType: "sys, none"})
 		if err != nil {
 			return nil, err
 		}

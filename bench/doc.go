@@ -18,9 +18,9 @@
 //   - ganesha: nfs-ganesha with the VFS FSAL, when installed (root only),
 //     in a loopback-only network namespace with its own rpcbind; clients
 //     dial it from a thread that entered the namespace (setns(2)), and
-//     libnfs runs under `ip netns exec`. This package starts it itself
-//     (ganesha.go) with the recipe of internal/ganeshatest, which needs a
-//     testing.TB.
+//     libnfs runs under `ip netns exec`. Started with internal/ganesha
+//     (the same package the tests use), with SecType "sys, none" because
+//     go-nfs-client sends AUTH_NULL.
 //
 // A target that cannot start is reported unavailable with the reason; it
 // never stops the run.

@@ -9,12 +9,12 @@ import (
 	"path/filepath"
 
 	"github.com/go-git/go-billy/v5/osfs"
+	"github.com/nfscache/nfscache/billyfs"
+	"github.com/nfscache/nfscache/internal/ganesha"
+	"github.com/nfscache/nfscache/server"
 	nfs "github.com/willscott/go-nfs"
 	nfshelper "github.com/willscott/go-nfs/helpers"
 	"golang.org/x/sys/unix"
-
-	"github.com/nfscache/nfscache/billyfs"
-	"github.com/nfscache/nfscache/server"
 )
 
 // Target names, in table order.
@@ -189,14 +189,14 @@ func (t *proxyTarget) makeCold(name string) error {
 }
 func (t *proxyTarget) close() { t.stop() }
 
-type ganeshaTarget struct{ g *ganesha }
+type ganeshaTarget struct{ g *ganesha.Server }
 
-func (t *ganeshaTarget) dir() string { return t.g.dir }
+func (t *ganeshaTarget) dir() string { return t.g.Dir }
 func (t *ganeshaTarget) endpoint() endpoint {
-	return endpoint{addr: t.g.nfsAddr(), mountAddr: t.g.mountAddr(), portmap: true, export: ganeshaExport,
-		ns: t.g.ns, dial: t.g.dial, do: t.g.do}
+	return endpoint{addr: t.g.NFSAddr, mountAddr: t.g.MountAddr, portmap: true, export: ganesha.Export,
+		ns: t.g.NS, dial: t.g.Dial, do: t.g.Do}
 }
 func (t *ganeshaTarget) makeCold(name string) error {
-	return dropPageCache(filepath.Join(t.g.dir, name))
+	return dropPageCache(filepath.Join(t.g.Dir, name))
 }
-func (t *ganeshaTarget) close() { t.g.stop() }
+func (t *ganeshaTarget) close() { t.g.Close() }
