@@ -40,6 +40,21 @@
 //     relayed to go-nfs over in-process net.Pipe connections and its reply
 //     relayed back (replies are matched by xid, so order does not matter).
 //     A malformed record closes only its connection.
+//   - Attributes (RFC 1813 §2.6 fattr3 and wcc_attr): every reply carries
+//     the file's real fileid, nlink, owner, atime, mtime and ctime, from
+//     *syscall.Stat_t for a disk file and from RemoteAttributes (see
+//     identity.go) for any other (go-nfs alone copies the mtime into atime
+//     and ctime and hashes the path into the fileid, which changes on
+//     rename: the Linux client's ESTALE). go-nfs is given FileInfos whose
+//     Sys() is its own *file.FileInfo built from RemoteAttributes; the
+//     FileInfos it obtained are logged per call, and its reply is walked
+//     per procedure to put each one's atime and ctime into the fattr3s
+//     (matched by fileid, size and mtime) and wcc_attrs (size and mtime,
+//     in call order) built from it (attrs.go). SETATTR sets only the
+//     times the client asked for (go-nfs would move the atime of an
+//     mtime-only change to the old mtime), and its guard is checked
+//     against the real ctime. LINK goes through os.Root or a HardLinker,
+//     FSSTAT through a UsageReporter when the export implements one.
 //   - Directory listings are kept per cookie verifier (a small LRU), so
 //     the pages of a READDIRPLUS walk do not re-read the directory.
 //   - Open-file reuse: READ/WRITE/COMMIT use an LRU (golang-lru) of open
@@ -48,9 +63,10 @@
 //     eviction (once no request uses them), on remove or rename, and at
 //     Close. FIFOs and devices are never opened.
 //
-// Known limits: go-nfs reports atime and ctime equal to mtime; a panic
-// inside go-nfs would stop the process (it runs the relayed procedures);
-// a hard link gets its own handle per name (handles name paths).
+// Known limits: a panic inside go-nfs would stop the process (it runs
+// the relayed procedures); a hard link gets its own handle per name
+// (handles name paths); fattr3 used is the size (go-nfs's figure), not
+// the allocated bytes.
 //
 // Lock order: Server.mu → (nothing); handleTable.mu → bbolt;
 // openFiles.missMu → openFile.mu. No lock is held while writing to a

@@ -26,6 +26,19 @@ type exportCore struct {
 	osRoot *os.Root
 }
 
+// linker is how LINK makes a hard link: through os.Root for a disk
+// export, through the exported filesystem if it is a HardLinker; nil if
+// neither (LINK is NOTSUPP).
+func (c *exportCore) linker() HardLinker {
+	if c.osRoot != nil {
+		return c.osRoot
+	}
+	if l, ok := c.base.(HardLinker); ok {
+		return l
+	}
+	return nil
+}
+
 // rel turns any path go-nfs builds into a clean path relative to the
 // export root. Cleaning it as if rooted at "/" removes every ".." lexically,
 // so no name a client sends can climb above the root; symlinks are
@@ -53,6 +66,12 @@ func basePath(r string) string {
 type recorder interface {
 	record(err error)
 	procedure() uint32
+	// seen and seenList log the FileInfos handed to go-nfs, whose
+	// atime/ctime the transport restores in the reply (attrs.go).
+	seen(fi os.FileInfo)
+	seenList(list []os.FileInfo)
+	// sattrTimes is what the current call's sattr3 asks for the times.
+	sattrTimes() sattrTimes
 }
 
 // exportFS is the billy.Filesystem go-nfs operates on. All paths are
@@ -133,10 +152,37 @@ func (e *exportFS) OpenFile(p string, flag int, perm os.FileMode) (billy.File, e
 	return &recordingFile{File: f, fs: e, name: r}, nil
 }
 
-func (e *exportFS) Stat(p string) (os.FileInfo, error)  { return e.base.Stat(basePath(rel(p))) }
-func (e *exportFS) Lstat(p string) (os.FileInfo, error) { return e.base.Lstat(basePath(rel(p))) }
+func (e *exportFS) Stat(p string) (os.FileInfo, error) {
+	fi, err := e.base.Stat(basePath(rel(p)))
+	return e.seen(fi), err
+}
+
+func (e *exportFS) Lstat(p string) (os.FileInfo, error) {
+	fi, err := e.base.Lstat(basePath(rel(p)))
+	return e.seen(fi), err
+}
+
 func (e *exportFS) ReadDir(p string) ([]os.FileInfo, error) {
-	return e.base.ReadDir(basePath(rel(p)))
+	ents, err := e.base.ReadDir(basePath(rel(p)))
+	for i, fi := range ents {
+		ents[i] = forGoNFS(fi)
+	}
+	if e.rec != nil {
+		e.rec.seenList(ents)
+	}
+	return ents, err
+}
+
+// seen prepares fi for go-nfs and logs it.
+func (e *exportFS) seen(fi os.FileInfo) os.FileInfo {
+	if fi == nil {
+		return nil
+	}
+	fi = forGoNFS(fi)
+	if e.rec != nil {
+		e.rec.seen(fi)
+	}
+	return fi
 }
 func (e *exportFS) Readlink(p string) (string, error) { return e.base.Readlink(basePath(rel(p))) }
 
@@ -298,6 +344,7 @@ func (e *exportFS) Chtimes(p string, atime, mtime time.Time) error {
 	if e.readOnly {
 		return e.rofs("chtimes", r)
 	}
+	atime, mtime = e.requestedTimes(r, atime, mtime)
 	if c, ok := e.base.(billy.Change); ok {
 		return e.changeErr(c.Chtimes(basePath(r), atime, mtime))
 	}
@@ -305,6 +352,32 @@ func (e *exportFS) Chtimes(p string, atime, mtime time.Time) error {
 		return e.changeErr(e.osRoot.Chtimes(basePath(r), atime, mtime))
 	}
 	return e.changeErr(pathErr("chtimes", r, syscall.ENOTSUP))
+}
+
+// requestedTimes corrects the times go-nfs's SetFileAttributes.Apply
+// passes to Chtimes: for a time the client left alone it passes the
+// current mtime (its fattr3 has atime = mtime), so an mtime-only SETATTR
+// would move the atime. The real current atime is kept instead, and a
+// SET_TO_SERVER_TIME for both gets one instant, as knfsd gives.
+func (e *exportFS) requestedTimes(r string, atime, mtime time.Time) (time.Time, time.Time) {
+	if e.rec == nil {
+		return atime, mtime
+	}
+	st := e.rec.sattrTimes()
+	if !st.valid {
+		return atime, mtime
+	}
+	if st.atime == setToServerTime && st.mtime == setToServerTime {
+		atime = mtime
+	}
+	if st.atime == dontChange {
+		if fi, err := e.base.Lstat(basePath(r)); err == nil {
+			if x, ok := attrsOf(fi); ok {
+				atime = x.atime
+			}
+		}
+	}
+	return atime, mtime
 }
 
 // changeErr records err; go-nfs's SETATTR returns Change errors raw, and

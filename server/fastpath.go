@@ -60,10 +60,11 @@ const (
 	fsfCanSetTime  = 0x10
 )
 
-// appendFattr encodes fattr3 exactly as go-nfs does for GETATTR, so
-// clients see the same attributes whichever side answered.
+// appendFattr encodes fattr3 as the relayed replies carry it (go-nfs's
+// encoding with the real fileid, nlink, owner, atime and ctime: fileAttr),
+// so clients see the same attributes whichever side answered.
 func appendFattr(b []byte, info os.FileInfo, p string) []byte {
-	a := nfs.ToFileAttribute(info, p)
+	a := fileAttr(info, p)
 	be := binary.BigEndian
 	b = be.AppendUint32(b, uint32(a.Type))
 	b = be.AppendUint32(b, a.FileMode)
@@ -96,7 +97,7 @@ func appendPreOpAttr(b []byte, info os.FileInfo, p string) []byte {
 	if info == nil {
 		return be.AppendUint32(b, 0)
 	}
-	a := nfs.ToFileAttribute(info, p)
+	a := fileAttr(info, p)
 	b = be.AppendUint32(b, 1)
 	b = be.AppendUint64(b, a.Filesize)
 	b = be.AppendUint32(b, a.Mtime.Seconds)
@@ -291,7 +292,7 @@ func (s *Server) onFSInfo(cc *clientConn, call *rpcCall) error {
 	b = be.AppendUint32(b, 0)           // time_delta: 1 ns
 	b = be.AppendUint32(b, 1)
 	props := uint32(fsfSymlink | fsfHomogeneous)
-	if s.core.osRoot != nil {
+	if s.core.linker() != nil {
 		props |= fsfLink
 	}
 	if !s.opts.ReadOnly {
@@ -302,8 +303,9 @@ func (s *Server) onFSInfo(cc *clientConn, call *rpcCall) error {
 }
 
 // onLink answers LINK (RFC 1813 §3.3.15) through os.Root for a disk
-// export (go-nfs v0.0.4 decodes LINK3args wrongly). The new name gets its
-// own file handle on first LOOKUP: handles name paths, not inodes.
+// export, or through the exported filesystem's HardLinker (go-nfs v0.0.4
+// decodes LINK3args wrongly). The new name gets its own file handle on
+// first LOOKUP: handles name paths, not inodes.
 func (s *Server) onLink(cc *clientConn, call *rpcCall) error {
 	x := xdrArgs{b: call.args}
 	fh := x.opaque(fhSize)
@@ -316,7 +318,8 @@ func (s *Server) onLink(cc *clientConn, call *rpcCall) error {
 	if s.opts.ReadOnly {
 		return cc.send(errReply(call.xid, nfs.NFSStatusROFS, errZeros))
 	}
-	if s.core.osRoot == nil {
+	linker := s.core.linker()
+	if linker == nil {
 		return cc.send(errReply(call.xid, nfs.NFSStatusNotSupp, errZeros))
 	}
 	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
@@ -331,7 +334,8 @@ func (s *Server) onLink(cc *clientConn, call *rpcCall) error {
 		return cc.send(errReply(call.xid, statusOf(err), errZeros))
 	}
 	target := rel(dir + "/" + name)
-	if err := s.core.osRoot.Link(basePath(p), target); err != nil {
+	pre, _ := s.core.base.Lstat(basePath(dir))
+	if err := linker.Link(basePath(p), target); err != nil {
 		return cc.send(errReply(call.xid, statusOf(err), errZeros))
 	}
 	info, _ := s.core.base.Lstat(basePath(p))
@@ -339,7 +343,7 @@ func (s *Server) onLink(cc *clientConn, call *rpcCall) error {
 	b := appendAcceptedHeader(make([]byte, 0, 256), call.xid, acceptSuccess)
 	b = binary.BigEndian.AppendUint32(b, uint32(nfs.NFSStatusOk))
 	b = appendPostOpAttr(b, info, p)
-	b = appendPreOpAttr(b, nil, dir)
+	b = appendPreOpAttr(b, pre, dir)
 	b = appendPostOpAttr(b, dinfo, dir)
 	return cc.send(b)
 }

@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io/fs"
 	"math"
 	"net"
+	"os"
 	"path"
 	"strings"
 	"sync"
@@ -36,15 +38,22 @@ type lane struct {
 
 	proc    uint32
 	lastErr error
+	// attrs logs the FileInfos go-nfs obtained during the call, for
+	// patchReply; times is what the call's sattr3 asks for atime/mtime.
+	attrs attrLog
+	times sattrTimes
 }
 
-func (ln *lane) record(err error)  { ln.lastErr = err }
-func (ln *lane) procedure() uint32 { return ln.proc }
+func (ln *lane) record(err error)            { ln.lastErr = err }
+func (ln *lane) procedure() uint32           { return ln.proc }
+func (ln *lane) seen(fi os.FileInfo)         { ln.attrs.add(fi) }
+func (ln *lane) seenList(list []os.FileInfo) { ln.attrs.addList(list) }
+func (ln *lane) sattrTimes() sattrTimes      { return ln.times }
 
 func (s *Server) newLane() *lane {
 	ln := &lane{srv: s, l: newPipeListener()}
 	ln.fs = &exportFS{exportCore: s.core, rec: ln}
-	srv := &nfs.Server{Handler: &laneHandler{srv: s, ln: ln}, ID: s.verifier}
+	srv := &nfs.Server{Handler: loggingHandler{&laneHandler{srv: s, ln: ln}}, ID: s.verifier}
 	go func() { _ = srv.Serve(ln.l) }()
 	ln.connect()
 	return ln
@@ -71,8 +80,11 @@ func (s *Server) forward(call *rpcCall) ([]byte, error) {
 	defer func() { s.lanes <- ln }()
 	ln.lastErr = nil
 	ln.proc = ^uint32(0)
+	ln.times = sattrTimes{}
+	ln.attrs.reset()
 	if call.prog == progNFS {
 		ln.proc = call.proc
+		ln.times = callSattrTimes(call.proc, call.args)
 	}
 	_ = ln.conn.SetDeadline(time.Now().Add(forwardTimeout))
 	var mark [4]byte
@@ -89,9 +101,16 @@ func (s *Server) forward(call *rpcCall) ([]byte, error) {
 		ln.connect()
 		return nil, fmt.Errorf("relay %s to go-nfs: %w", call, err)
 	}
-	if ln.lastErr != nil && call.prog == progNFS {
+	if call.prog != progNFS {
+		return reply, nil
+	}
+	if ln.lastErr != nil {
 		reply = fixStatus(reply, call.proc, ln.lastErr)
 	}
+	if err := patchReply(reply, call.proc, &ln.attrs); err != nil {
+		s.log.Debug("reply attributes left as go-nfs encoded them", "call", call.String(), "err", err)
+	}
+	ln.attrs.reset() // drop references to the FileInfos
 	return reply, nil
 }
 
@@ -163,6 +182,17 @@ func (h *laneHandler) Mount(_ context.Context, _ net.Conn, req nfs.MountRequest)
 	return nfs.MountStatusOk, h.ln.fs, []nfs.AuthFlavor{nfs.AuthFlavorNull}
 }
 
+// loggingHandler is the handler go-nfs sees: laneHandler, plus the
+// listings the cache hands back logged for patchReply (the later pages of
+// a READDIRPLUS walk never call ReadDir).
+type loggingHandler struct{ *laneHandler }
+
+func (h loggingHandler) DataForVerifier(p string, v uint64) []fs.FileInfo {
+	ents := h.laneHandler.DataForVerifier(p, v)
+	h.ln.seenList(ents)
+	return ents
+}
+
 func (h *laneHandler) Change(fs billy.Filesystem) billy.Change {
 	if e, ok := fs.(*exportFS); ok {
 		return e
@@ -211,10 +241,18 @@ func (h *laneHandler) InvalidateHandle(billy.Filesystem, []byte) error { return 
 // shorten READDIRPLUS replies to protect a cache.
 func (h *laneHandler) HandleLimit() int { return math.MaxInt32 }
 
-// fsstat fills FSSTAT (RFC 1813 §3.3.18) from statfs of the exported
-// directory, or from system memory for an in-memory export.
+// fsstat fills FSSTAT (RFC 1813 §3.3.18) from the exported filesystem's
+// UsageReporter, statfs of the exported directory, or from system memory
+// for an in-memory export.
 func (s *Server) fsstat(st *nfs.FSStat) error {
-	if s.statfs != "" {
+	if u, ok := s.core.base.(UsageReporter); ok {
+		tb, fb, ab, tf, ff, af, err := u.NFSUsage()
+		if err != nil {
+			return &nfs.NFSStatusError{NFSStatus: statusOf(err), WrappedErr: err}
+		}
+		st.TotalSize, st.FreeSize, st.AvailableSize = tb, fb, ab
+		st.TotalFiles, st.FreeFiles, st.AvailableFiles = tf, ff, af
+	} else if s.statfs != "" {
 		var sf syscall.Statfs_t
 		if err := syscall.Statfs(s.statfs, &sf); err != nil {
 			return &nfs.NFSStatusError{NFSStatus: statusOf(err), WrappedErr: err}

@@ -290,6 +290,10 @@ func (s *Server) dispatch(cc *clientConn, call *rpcCall) error {
 			if done, err := s.onCreateExclusive(cc, call); done {
 				return err
 			}
+		case ProcSetAttr:
+			if done, err := s.checkSetAttrGuard(cc, call); done {
+				return err
+			}
 		}
 	case progMount:
 		if call.vers < 1 || call.vers > 3 {
