@@ -92,6 +92,18 @@
 // means the FS root and is stored as an export path, and a link inside a
 // chroot that leads out of it is billy.ErrCrossedBoundary.
 //
+// # Identity, hard links and usage for a re-exporting server
+//
+// Every os.FileInfo billyfs returns (Stat, Lstat, ReadDir) has a
+// *RemoteAttr as Sys(): the upstream's fattr3. Its NFSFileID is the
+// upstream's fileid, so a server re-exporting billyfs (nfsd-cache proxy)
+// hands its clients the same fileid across renames, as knfsd re-exporting
+// an NFS mount does (the Linux client turns a changed fileid into ESTALE);
+// NFSLinkCount, NFSOwner, NFSAccessTime and NFSChangeTime pass nlink,
+// uid/gid, atime and ctime through. FS.Link is os.Link over LINK (RFC 1813
+// §3.3.15) and FS.NFSUsage the upstream's FSSTAT (§3.3.18); they are the
+// server package's HardLinker and UsageReporter.
+//
 // # Errors
 //
 // Every error leaves billyfs as a *fs.PathError whose Err is a

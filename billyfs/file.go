@@ -334,12 +334,12 @@ func (s *state) lastClose(ino *inode, writable bool) {
 // fileInfo is an os.FileInfo from NFS attributes.
 type fileInfo struct {
 	name string
-	attr client.Attr
+	attr RemoteAttr
 	size int64
 }
 
 func newFileInfo(name string, a client.Attr) *fileInfo {
-	return &fileInfo{name: name, attr: a, size: int64(a.Size)}
+	return &fileInfo{name: name, attr: RemoteAttr{Attr: a}, size: int64(a.Size)}
 }
 
 func (fi *fileInfo) Name() string { return fi.name }
@@ -374,5 +374,5 @@ func (fi *fileInfo) Mode() os.FileMode {
 func (fi *fileInfo) ModTime() time.Time { return fi.attr.Mtime }
 func (fi *fileInfo) IsDir() bool        { return fi.attr.Type == client.TypeDir }
 
-// Sys returns the NFS attributes, a *client.Attr.
+// Sys returns the upstream's attributes as a *RemoteAttr.
 func (fi *fileInfo) Sys() any { return &fi.attr }
