@@ -1,34 +1,68 @@
-// Package kernel tests the NFS server with the NFS client of a real Linux
+// Package kernel tests the NFS servers with the NFS client of a real Linux
 // kernel.
 //
 // This machine's kernel has no NFS client, so the test boots a Debian kernel
 // (linux-image-6.1.0-56-amd64, fetched and unpacked outside the repository by
 // prepare-kernel.sh) under qemu-system-x86_64 with software emulation (TCG).
-// qemu's user-mode network maps the guest's 10.0.2.2 to the host's loopback,
-// so the guest mounts the server the test runs in-process on 127.0.0.1:P with
+// prepare-kernel.sh also extracts the uncompressed vmlinux, which qemu boots
+// through its PVH entry point: the xz-compressed vmlinuz spends ~10 s
+// decompressing itself under TCG on every boot (the test falls back to it).
+// qemu's user-mode network maps the guest's 10.0.2.2 to the host's loopback.
 //
-//	mount -t nfs -o vers=3,proto=tcp,port=P,mountport=P,nolock,noacl,addr=10.0.2.2 10.0.2.2:/ /mnt
+// One guest mounts every variant at once, each on its own port P:
+//
+//	mount -t nfs -o vers=3,proto=tcp,port=P,mountport=P,nolock,noacl,addr=10.0.2.2 10.0.2.2:/ /mnt/<variant>
 //
 // (MOUNT and NFS share port P: no portmapper; nolock: no NLM; noacl: no
-// NFSACL probe).
+// NFSACL probe). The variants:
+//
+//   - serve on /mnt/serve: our server (package server) over a directory;
+//   - proxy on /mnt/proxy: our server over billyfs (with its local cache),
+//     whose upstream is a second instance of our server over another
+//     directory — nfsd-cache proxy, in-process.
 //
 // The initramfs holds busybox-static as the shell of /init, the modules
 // modules.dep lists for virtio_net, virtio_pci and nfsv3 (insmod'ed in
 // dependency order), and the static Go program in ./guest, which runs the
-// checks against /mnt and reports each one on the serial console as
-// "CHECK name: ok" or "CHECK name: FAIL reason". The host test turns every
-// reported check into a subtest.
+// same checks against every mount concurrently (one goroutine per variant)
+// and reports each one on the serial console as "CHECK serve/rename: ok" or
+// "CHECK proxy/rename: FAIL reason". The host turns every reported check
+// into a subtest TestLinuxKernelClient/<variant>/<phase>/<check> and logs a
+// summary line per check ("proxy write/rename ok (1.0s)").
 //
-// Sequence: boot 1 writes (every check leaves its files), pauses while the
-// host restarts the server with the same state directory, then checks that
-// files the kernel holds open and handles it has cached still work (no
-// ESTALE). The host restarts the server again; boot 2 mounts afresh and
-// verifies, byte for byte, what boot 1 left. The host also re-reads files the
-// guest fsynced straight from the export directory, and fails if the
-// server's log shows a procedure or program it does not implement for what
-// the kernel sends with these mount options.
+// The checks (guest/checks.go): statfs, create, offsets (pwrite/pread,
+// holes), bigfile (large sequential write, fsync, cold read with a checksum
+// per MiB), append (two O_APPEND descriptors), truncate (down and up),
+// chmod_utimes (modes, atime and mtime with nanoseconds), hardlink (LINK,
+// shared inode number and nlink), symlink, rename (to a new name while open,
+// over an existing open file, across directories, directories over empty and
+// non-empty ones), unlink_open (the client's sillyrename), mkdir_rmdir
+// (nested trees), readdir_churn (10 000 entries listed in small getdents
+// batches while files are created and removed; Linux looped on BAD_COOKIE
+// with older go-nfs), mmap (shared read and write, msync), fsync (and
+// fdatasync, of a directory too), excl_create (O_EXCL: CREATE EXCLUSIVE).
 //
-// The guest mounts the server through a relay on 127.0.0.1 (sniffer_test.go)
+// Sequence: boot 1 ("write") runs every check (each leaves its files), then
+// holds files and directories open on every mount and pauses while the
+// host restarts every server with the same state directory (the proxy
+// keeps its cache directory too); then checks that files the kernel holds
+// open and handles it has cached still work (no ESTALE). Between the boots
+// the host restarts serve, and the proxy together with its upstream; boot 2
+// ("verify") mounts afresh and verifies, byte for byte, what boot 1 left.
+//
+// The host's own checks per variant (phase "host"): the files the guest
+// fsynced are byte-identical on the disk where the variant's data lands —
+// serve's export, and for the proxy the upstream's export — during the
+// pause of boot 1 and after both boots; statfs(2) in the guest shows the
+// totals of that disk's filesystem (through the proxy: the upstream's, on
+// /dev/shm when that is another filesystem, so they differ from the
+// cache's); and after the proxy shut down the upstream's export holds
+// exactly the tree the same workload left in serve's export (names, types,
+// permissions, link counts, symlink targets, bytes). The test also fails
+// if a server's log shows a procedure or program it does not implement for
+// what the kernel sends with these mount options.
+//
+// Each mount goes through its own relay on 127.0.0.1 (sniffer_test.go)
 // that decodes every ONC RPC record: the test logs which calls the kernel
 // made and how the server answered each, fails when the server answers a
 // call as unimplemented (PROG_UNAVAIL, PROC_UNAVAIL, NFS3ERR_NOTSUPP), and
@@ -36,12 +70,16 @@
 // relay also holds the kernel's reconnect while the server restarts, so
 // the kernel does not back off for seconds.
 //
-// knownFailures (server_test.go) lists the checks our server still fails,
-// each with the wire evidence; they are logged as KNOWN FAILURE instead of
-// failing the test until the server is fixed and the entry removed.
+// knownServe and knownProxy (server_test.go) list the checks each variant
+// still fails, each with the wire evidence; they are logged as KNOWN
+// FAILURE instead of failing the test until the server is fixed and the
+// entry removed. Any other failure fails the test.
 //
-// Sizes: NFSCACHE_KERNEL_BIG_MIB (default 32) and NFSCACHE_KERNEL_DIR_ENTRIES
-// (default 10000) scale the large file and the big directory.
+// Knobs: NFSCACHE_KERNEL_VARIANTS (default "serve,proxy"; one variant alone
+// isolates it when investigating), NFSCACHE_KERNEL_BIG_MIB (default 32) and
+// NFSCACHE_KERNEL_DIR_ENTRIES (default 10000) scale the large file and the
+// big directory. NFSCACHE_KERNEL_ROOT names the prepared kernel (its
+// directory or the cache directory above it).
 //
 // When qemu, busybox-static or the prepared kernel is missing the test fails
 // under CI (CI set, or NFSCACHE_KERNEL_ROOT exported by test.sh) and skips

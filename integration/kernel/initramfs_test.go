@@ -141,10 +141,12 @@ func moduleName(p string) string {
 }
 
 // initScript is /init: busybox mounts the pseudo filesystems, loads the
-// modules, configures qemu's user-mode network, mounts the export and runs
-// the guest program. /config supplies NFSOPTS and GUESTARGS; PHASE comes
+// modules, configures qemu's user-mode network, mounts each variant's
+// export on /mnt/<variant> and runs the guest program on all of them.
+// /config supplies VARIANTS, NFSOPTS_<variant> and GUESTARGS; PHASE comes
 // from the kernel command line (unknown key=value parameters become init's
-// environment).
+// environment). A failed mount leaves an empty directory: the guest sees it
+// is not NFS and fails that variant's checks.
 const initScript = `#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /mnt /tmp
 /bin/busybox mount -t proc proc /proc
@@ -162,14 +164,22 @@ ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
-if mount -i -t nfs -o "$NFSOPTS" 10.0.2.2:/ /mnt; then
-  echo "INIT mounted uptime=$(up)"
-  /guest -phase="$PHASE" -mnt=/mnt $GUESTARGS
-  echo "INIT guest exit=$? uptime=$(up)"
-  umount /mnt || echo "INIT FAIL umount"
-else
-  echo "INIT FAIL mount exit=$?"
-fi
+mounts=""
+for v in $VARIANTS; do
+  eval "opts=\$NFSOPTS_$v"
+  mkdir -p "/mnt/$v"
+  if mount -i -t nfs -o "$opts" 10.0.2.2:/ "/mnt/$v"; then
+    echo "INIT mounted $v uptime=$(up)"
+  else
+    echo "INIT FAIL mount $v exit=$?"
+  fi
+  mounts="$mounts${mounts:+,}$v=/mnt/$v"
+done
+/guest -phase="$PHASE" -mounts="$mounts" $GUESTARGS
+echo "INIT guest exit=$? uptime=$(up)"
+for v in $VARIANTS; do
+  umount "/mnt/$v" || echo "INIT FAIL umount $v"
+done
 echo "INIT poweroff uptime=$(up)"
 poweroff -f
 `

@@ -51,8 +51,11 @@ func (g *guest) statfs() error {
 	if err := unix.Statfs(g.root, &st); err != nil {
 		return err
 	}
-	g.con.printf("INFO statfs type=%#x bsize=%d blocks=%d bfree=%d bavail=%d files=%d ffree=%d namelen=%d",
+	g.infof("statfs type=%#x bsize=%d blocks=%d bfree=%d bavail=%d files=%d ffree=%d namelen=%d",
 		st.Type, st.Bsize, st.Blocks, st.Bfree, st.Bavail, st.Files, st.Ffree, st.Namelen)
+	// The host compares these with the figures of the export's filesystem
+	// (the upstream's, through the proxy).
+	g.con.printf("STATFS %s %d %d %d %d %d %d", g.name, st.Bsize, st.Blocks, st.Bfree, st.Bavail, st.Files, st.Ffree)
 	var errs []error
 	if st.Type != nfsSuperMagic {
 		errs = append(errs, fmt.Errorf("f_type %#x, want NFS_SUPER_MAGIC %#x", st.Type, nfsSuperMagic))
@@ -241,9 +244,9 @@ func (g *guest) bigWrite() error {
 		return err
 	}
 	rsecs := time.Since(start).Seconds()
-	g.con.printf("INFO bigfile %d MiB: write+fsync %.1f MB/s, cold read %.1f MB/s (guest under TCG)",
+	g.infof("bigfile %d MiB: write+fsync %.1f MB/s, cold read %.1f MB/s (guest under TCG)",
 		g.bigMiB, float64(g.bigMiB)*1.048576/wsecs, float64(g.bigMiB)*1.048576/rsecs)
-	g.con.printf("SHA bigfile/big.dat %d %s", int64(g.bigMiB)<<20, want)
+	g.con.printf("SHA %s bigfile/big.dat %d %s", g.name, int64(g.bigMiB)<<20, want)
 	return nil
 }
 
@@ -782,7 +785,7 @@ func (g *guest) treeWrite() error {
 			if err := os.Mkdir(d, 0o755); err != nil {
 				return err
 			}
-			if err := writeFile(filepath.Join(d, "f"), []byte(d), 0o644); err != nil {
+			if err := writeFile(filepath.Join(d, "f"), []byte(g.rel(d)), 0o644); err != nil {
 				return err
 			}
 		}
@@ -824,7 +827,7 @@ func (g *guest) treeVerify() error {
 		}
 		seen++
 		if !d.IsDir() {
-			return expectFile(p, []byte(filepath.Dir(p)))
+			return expectFile(p, []byte(g.rel(filepath.Dir(p))))
 		}
 		return nil
 	})
@@ -895,7 +898,7 @@ func (g *guest) readdirChurn() error {
 	}
 	close(stop)
 	wg.Wait()
-	g.con.printf("INFO readdir_churn: %d churn files created during %d listings of %d entries", churned, churnPasses, g.dirEntries)
+	g.infof("readdir_churn: %d churn files created during %d listings of %d entries", churned, churnPasses, g.dirEntries)
 	// Remove the churn files even after a failure, so the verify boot
 	// checks the listing of exactly the stable entries.
 	var cleanErr error

@@ -7,31 +7,54 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// guest holds the state of one run. Checks run one after another; only
-// readdir_churn starts goroutines of its own, and waits for them.
+// guest holds the state of one variant (one mount) in one run. Its checks
+// run one after another in one goroutine; only readdir_churn starts
+// goroutines of its own, and waits for them. Different variants share
+// only the console and the failure count, both safe for concurrent use.
 type guest struct {
-	root       string
+	name       string // the variant: "serve", "proxy"
+	root       string // its mount point
+	phase      string
 	bigMiB     int
 	dirEntries int
 	con        *console
+	failures   *atomic.Int64
+	mountErr   error // why root is not an NFS mount
 
-	// held across the server restart (write phase with -pause)
-	heldRead, heldWrite, heldDir *os.File
-	oldCwd                       string
+	plan, restartPlan []check
+
+	// held across the server restart (write phase with -pause); no
+	// chdir: the working directory is shared by the variants.
+	heldRead, heldWrite, heldDir, heldDeep *os.File
+}
+
+// infof prints an INFO line about this variant.
+func (g *guest) infof(format string, args ...any) {
+	g.con.printf("INFO "+g.name+" "+format, args...)
 }
 
 func (g *guest) path(elem ...string) string {
 	return filepath.Join(append([]string{g.root}, elem...)...)
+}
+
+// rel returns p relative to the mount: file contents must not depend on
+// the mount point, so every variant's export ends up identical.
+func (g *guest) rel(p string) string {
+	r, err := filepath.Rel(g.root, p)
+	if err != nil {
+		return p
+	}
+	return r
 }
 
 // pattern returns n deterministic pseudo-random bytes for seed
@@ -187,7 +210,7 @@ func (g *guest) announce(rel string) error {
 	if err != nil {
 		return err
 	}
-	g.con.printf("SHA %s %d %s", rel, n, sum)
+	g.con.printf("SHA %s %s %d %s", g.name, rel, n, sum)
 	return nil
 }
 
@@ -197,5 +220,3 @@ func mkdirFresh(dir string) error {
 	}
 	return os.MkdirAll(dir, 0o755)
 }
-
-var errTimeout = errors.New("timed out")

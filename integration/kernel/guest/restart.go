@@ -4,12 +4,15 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // The restart checks keep a guest running while the host restarts the
-// server (same port, same state directory). The kernel holds file handles
+// servers (same ports, same state directories). The kernel holds file handles
 // for open files, for its current directory and for every cached dentry; a
 // server whose handles do not survive a restart answers NFS3ERR_STALE and
 // the application sees ESTALE.
@@ -28,8 +31,10 @@ func heldWriteWant() []byte {
 	return want
 }
 
-// holdForRestart opens the files the restart checks use, makes the deep
-// directory the current one, and leaves one write dirty in the page cache.
+// holdForRestart opens the files the restart checks use, holds the deep
+// directory open (its handle is what later lookups relative to it use, as
+// they would relative to a working directory), and leaves one write dirty
+// in the page cache.
 func (g *guest) holdForRestart() error {
 	dir := g.path("restart")
 	if err := mkdirFresh(dir); err != nil {
@@ -57,10 +62,7 @@ func (g *guest) holdForRestart() error {
 	if g.heldDir, err = os.Open(dir); err != nil {
 		return err
 	}
-	if g.oldCwd, err = os.Getwd(); err != nil {
-		return err
-	}
-	if err := os.Chdir(filepath.Join(dir, "sub", "deep")); err != nil {
+	if g.heldDeep, err = os.Open(filepath.Join(dir, "sub", "deep")); err != nil {
 		return err
 	}
 	// Left dirty on purpose: it is written back across the restart.
@@ -69,13 +71,10 @@ func (g *guest) holdForRestart() error {
 }
 
 func (g *guest) releaseHeld() {
-	for _, f := range []*os.File{g.heldRead, g.heldWrite, g.heldDir} {
+	for _, f := range []*os.File{g.heldRead, g.heldWrite, g.heldDir, g.heldDeep} {
 		if f != nil {
 			f.Close()
 		}
-	}
-	if g.oldCwd != "" {
-		os.Chdir(g.oldCwd)
 	}
 }
 
@@ -124,13 +123,23 @@ func (g *guest) restartOpenWrite() error {
 }
 
 func (g *guest) restartCachedPaths() error {
-	if g.heldDir == nil {
+	if g.heldDir == nil || g.heldDeep == nil {
 		return fmt.Errorf("no directory held open (setup failed)")
 	}
-	// Relative to the current directory: LOOKUP with the handle of a
+	// Relative to the held directory (openat): LOOKUP with the handle of a
 	// directory the kernel looked up before the restart.
-	if err := expectFile("file", []byte("deep")); err != nil {
-		return fmt.Errorf("relative to the cwd: %w", err)
+	fd, err := unix.Openat(int(g.heldDeep.Fd()), "file", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("openat relative to a directory held open: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "restart/sub/deep/file")
+	got, err := io.ReadAll(f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("read relative to a directory held open: %w", err)
+	}
+	if err := sameBytes("sub/deep/file", got, []byte("deep")); err != nil {
+		return err
 	}
 	names, err := g.heldDir.Readdirnames(-1)
 	if err != nil {
@@ -146,11 +155,24 @@ func (g *guest) restartCachedPaths() error {
 }
 
 func (g *guest) restartCreateRename() error {
-	if err := writeFile("created-after-restart", []byte("new"), 0o644); err != nil {
-		return fmt.Errorf("create in the cwd: %w", err)
+	if g.heldDeep == nil {
+		return fmt.Errorf("no directory held open (setup failed)")
 	}
-	if err := os.Rename("file", g.path("restart", "moved")); err != nil {
-		return fmt.Errorf("rename out of the cwd: %w", err)
+	dirfd := int(g.heldDeep.Fd())
+	fd, err := unix.Openat(dirfd, "created-after-restart", unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return fmt.Errorf("create relative to a directory held open: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "created-after-restart")
+	if _, err := f.Write([]byte("new")); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := unix.Renameat(dirfd, "file", unix.AT_FDCWD, g.path("restart", "moved")); err != nil {
+		return fmt.Errorf("rename out of a directory held open: %w", err)
 	}
 	if err := os.Mkdir(g.path("restart", "sub", "newdir"), 0o755); err != nil {
 		return err
