@@ -263,11 +263,22 @@ func TestSecurityReplayAfterOutOfBandDelete(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(e.s.Dir, "sub"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	skipBug(t, "handles are id→path only: after rm -r sub && mkdir sub on the exported disk, the old handle of sub is not STALE and CREATE through it creates sub/x in the new directory (knfsd detects this by inode generation; the handle table could record dev/ino at LOOKUP and check it on resolve)")
+	// The server records each handle's inode and birth time (knfsd: inode
+	// and generation) and compares them on every resolve.
 	before := treeSnapshot(t, e.s.Dir)
 	_, err = c.Create(ctx, oldDir.Handle, "x", client.CreateHow{Mode: client.Unchecked})
 	wantStatus(t, "CREATE in a replaced directory", err, client.StatusStale)
+	_, err = c.Lookup(ctx, oldDir.Handle, "x")
+	wantStatus(t, "LOOKUP in a replaced directory", err, client.StatusStale)
 	assertSameTree(t, "CREATE in a replaced directory", before, treeSnapshot(t, e.s.Dir))
+	// The new directory gets its own handle, which works.
+	newDir, err := c.Lookup(ctx, c.Root(), "sub")
+	if err != nil || bytes.Equal(newDir.Handle, oldDir.Handle) {
+		t.Fatalf("LOOKUP of the new sub: %v (old handle again: %v)", err, err == nil && bytes.Equal(newDir.Handle, oldDir.Handle))
+	}
+	if _, err := c.Create(ctx, newDir.Handle, "x", client.CreateHow{Mode: client.Unchecked}); err != nil {
+		t.Fatalf("CREATE in the new sub: %v", err)
+	}
 }
 
 // TestSecurityEscapes: "..", absolute and relative symlinks out of the

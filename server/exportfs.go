@@ -163,7 +163,7 @@ func (e *exportFS) Lstat(p string) (os.FileInfo, error) {
 }
 
 func (e *exportFS) ReadDir(p string) ([]os.FileInfo, error) {
-	ents, err := e.base.ReadDir(basePath(rel(p)))
+	ents, err := e.listDir(basePath(rel(p)))
 	for i, fi := range ents {
 		ents[i] = forGoNFS(fi)
 	}

@@ -136,7 +136,7 @@ func (s *Server) onRead(cc *clientConn, call *rpcCall) error {
 		return cc.send(garbage(call.xid))
 	}
 	const errZeros = 4 // post_op_attr: none
-	id, p, err := s.table.resolve(fh)
+	id, p, err := s.table.resolveData(fh)
 	if err != nil {
 		return cc.send(errReply(call.xid, statusOf(err), errZeros))
 	}
@@ -198,7 +198,7 @@ func (s *Server) onWrite(cc *clientConn, call *rpcCall) error {
 	if int(count) < len(data) {
 		data = data[:count]
 	}
-	id, p, err := s.table.resolve(fh)
+	id, p, err := s.table.resolveData(fh)
 	if err != nil {
 		return cc.send(errReply(call.xid, statusOf(err), errZeros))
 	}
@@ -243,7 +243,7 @@ func (s *Server) onCommit(cc *clientConn, call *rpcCall) error {
 		return cc.send(garbage(call.xid))
 	}
 	const errZeros = 8
-	id, p, err := s.table.resolve(fh)
+	id, p, err := s.table.resolveData(fh)
 	if err != nil {
 		return cc.send(errReply(call.xid, statusOf(err), errZeros))
 	}

@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // Handle layout (RFC 1813 §2.3.3 allows up to NFS3_FHSIZE = 64 bytes):
@@ -31,7 +34,7 @@ const (
 
 var (
 	bucketMeta  = []byte("meta")
-	bucketIDs   = []byte("ids")   // id(8) -> gen(4) | path
+	bucketIDs   = []byte("ids")   // id(8) -> entry (see tableEntry)
 	bucketPaths = []byte("paths") // path -> id(8)
 	keySecret   = []byte("secret")
 	keyNextID   = []byte("next-id")
@@ -45,15 +48,199 @@ var errStaleHandle = errors.New("server: stale file handle")
 
 // handleTable is the persistent id↔path table behind file handles.
 //
+// Identity (RFC 1813 §4.4; knfsd puts inode and generation in its
+// handles): next to each path the table records the identity of the file
+// it named when its id was assigned (fileKey: fileIdentity, that is the
+// inode of a local file or NFSFileID of a RemoteAttributes file, plus the
+// birth time of a local file, because filesystems hand a freed inode
+// number to the next file created: rm f && touch f usually keeps the
+// number). A file whose FileInfo has neither gets no identity and is
+// resolved by path alone. Guarantees, once attach has given the table its
+// exported filesystem:
+//
+//   - resolve and lookup (every procedure except READ, WRITE and COMMIT,
+//     and every handle go-nfs hands out) lstat the path and compare: when
+//     another file now has that name (the file was removed or renamed
+//     away and the name reused, outside NFS), the old handle is STALE and
+//     its id is forgotten, so the new file gets a fresh id. A path with
+//     nothing at it resolves as before (the procedure reports it).
+//   - resolveData (READ, WRITE, COMMIT) does not lstat: those act on the
+//     open-file cache's fd, which checks the identity when it opens the
+//     file and refuses an fd whose inode lost its last link (openFiles).
+//   - The root is never checked, and an id assigned before identities
+//     were recorded gets the identity seen at its next resolve.
+//
+// Ids move with NFS renames together with their identity (the inode stays
+// the same), and the identity is stored in bbolt, so both survive a
+// restart.
+//
 // Concurrency: safe for concurrent use. mu serialises table changes so a
 // rename's prefix rewrite and a concurrent assignment cannot interleave;
 // reads go straight to bbolt read transactions. bbolt is the only thing
-// called while mu is held.
+// called while mu is held; stat and stale are called without it. stat
+// and stale are set once by attach, before the server serves.
 type handleTable struct {
 	db     *bolt.DB
 	secret []byte
 	mu     sync.Mutex
 	live   atomic.Int64 // ids in the table, kept so Stats need not walk it
+
+	// keyAt gives the identity of the file at a rel path (not following
+	// a final symlink); ok is false when there is none (nothing there,
+	// no identity). nil: identities are neither recorded nor checked (a
+	// table used without an export).
+	keyAt func(p string) (k fileKey, ok bool)
+	// stale is told the ids forgotten because their file was replaced,
+	// so cached fds of them are closed.
+	stale func(ids ...uint64)
+	// rootDir is the export root opened through os.Root, for statx of
+	// top-level names; nil for exports that are not disk directories.
+	rootDir *os.File
+}
+
+// fileKey identifies a file: its fileid and, when known, its birth time
+// (statx btime of a local file).
+type fileKey struct {
+	id       uint64
+	birth    int64 // ns since the epoch
+	hasBirth bool
+}
+
+// same reports whether k and o can be the same file: equal ids and,
+// when both know it, equal birth times.
+func (k fileKey) same(o fileKey) bool {
+	return k.id == o.id && (!k.hasBirth || !o.hasBirth || k.birth == o.birth)
+}
+
+func keyOfStatx(st *unix.Statx_t) fileKey {
+	k := fileKey{id: st.Ino}
+	if st.Mask&unix.STATX_BTIME != 0 {
+		k.birth, k.hasBirth = st.Btime.Sec*1e9+int64(st.Btime.Nsec), true
+	}
+	return k
+}
+
+const statxMask = unix.STATX_INO | unix.STATX_BTIME
+
+// attach gives the table the export whose identities it records. A disk
+// export is asked with statx relative to a directory opened through
+// os.Root (confined like every other access; one syscall for a top-level
+// name, where osfs's bound Lstat evaluates every symlink of the absolute
+// path); any other filesystem through its Lstat and fileIdentity. It also
+// lets the open-file cache check identities when it opens a file.
+func (t *handleTable) attach(c *exportCore) {
+	if root := c.osRoot; root != nil {
+		if d, err := root.Open("."); err == nil {
+			t.rootDir = d
+			t.keyAt = func(p string) (fileKey, bool) { return statxKey(root, d, p) }
+		}
+	}
+	if t.keyAt == nil {
+		base := c.base
+		t.keyAt = func(p string) (fileKey, bool) {
+			fi, err := base.Lstat(basePath(p))
+			if err != nil {
+				return fileKey{}, false
+			}
+			id, ok := fileIdentity(fi)
+			return fileKey{id: id}, ok
+		}
+	}
+	t.stale = c.open.drop
+	c.open.table = t
+}
+
+// statxKey stats p (not following a final symlink) relative to its
+// parent directory, opened inside root (rootDir for top-level names).
+func statxKey(root *os.Root, rootDir *os.File, p string) (fileKey, bool) {
+	dir, name := path.Split(p)
+	d := rootDir
+	if dir != "" {
+		var err error
+		if d, err = root.Open(strings.TrimSuffix(dir, "/")); err != nil {
+			return fileKey{}, false
+		}
+		defer d.Close()
+	}
+	var st unix.Statx_t
+	if err := unix.Statx(int(d.Fd()), name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st); err != nil {
+		return fileKey{}, false
+	}
+	return keyOfStatx(&st), true
+}
+
+// fdKey is the identity of an open file, made the way keyAt makes it:
+// statx of its fd (*os.File underneath) when the table statx's paths,
+// else fileIdentity of its fstat fi.
+func (t *handleTable) fdKey(f any, fi os.FileInfo) (fileKey, bool) {
+	if fder, ok := f.(interface{ Fd() uintptr }); ok && t.rootDir != nil {
+		var st unix.Statx_t
+		if err := unix.Statx(int(fder.Fd()), "", unix.AT_EMPTY_PATH, statxMask, &st); err == nil {
+			return keyOfStatx(&st), true
+		}
+	}
+	id, ok := fileIdentity(fi)
+	return fileKey{id: id}, ok
+}
+
+// tableEntry is one value of the ids bucket:
+//
+//	gen(4) | path                                      no identity
+//	gen(4) | 0x00 | flags(1) | id(8) [| birth(8)] | path
+//
+// flags bit 0: a birth time follows. A path never contains NUL, so the
+// forms cannot be confused (tables written before identities were
+// recorded hold only the first).
+type tableEntry struct {
+	gen    [4]byte
+	key    fileKey
+	hasKey bool
+	path   string
+}
+
+const flagBirth = 1
+
+func decodeEntry(v []byte) (tableEntry, bool) {
+	var e tableEntry
+	if len(v) < 4 {
+		return e, false
+	}
+	copy(e.gen[:], v)
+	v = v[4:]
+	if len(v) > 0 && v[0] == 0 {
+		if len(v) < 10 {
+			return e, false
+		}
+		flags := v[1]
+		e.key.id, e.hasKey = binary.BigEndian.Uint64(v[2:10]), true
+		v = v[10:]
+		if flags&flagBirth != 0 {
+			if len(v) < 8 {
+				return e, false
+			}
+			e.key.birth, e.key.hasBirth = int64(binary.BigEndian.Uint64(v)), true
+			v = v[8:]
+		}
+	}
+	e.path = string(v)
+	return e, true
+}
+
+func (e tableEntry) encode() []byte {
+	b := make([]byte, 0, 4+18+len(e.path))
+	b = append(b, e.gen[:]...)
+	if e.hasKey {
+		flags := byte(0)
+		if e.key.hasBirth {
+			flags |= flagBirth
+		}
+		b = append(b, 0, flags)
+		b = binary.BigEndian.AppendUint64(b, e.key.id)
+		if e.key.hasBirth {
+			b = binary.BigEndian.AppendUint64(b, uint64(e.key.birth))
+		}
+	}
+	return append(b, e.path...)
 }
 
 func openHandleTable(dir string) (*handleTable, error) {
@@ -91,7 +278,9 @@ func openHandleTable(dir string) (*handleTable, error) {
 		if err := meta.Put(keyNextID, u64(rootID+1)); err != nil {
 			return err
 		}
-		if err := ids.Put(u64(rootID), append(randGen(), ""...)); err != nil {
+		root := tableEntry{}
+		copy(root.gen[:], randGen())
+		if err := ids.Put(u64(rootID), root.encode()); err != nil {
 			return err
 		}
 		return paths.Put(pathKey(""), u64(rootID))
@@ -110,6 +299,9 @@ func openHandleTable(dir string) (*handleTable, error) {
 func (t *handleTable) close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.rootDir != nil {
+		t.rootDir.Close()
+	}
 	if err := t.db.Sync(); err != nil {
 		t.db.Close()
 		return fmt.Errorf("sync handle table: %w", err)
@@ -159,86 +351,227 @@ func (t *handleTable) verify(h []byte) (uint64, []byte, error) {
 	return binary.BigEndian.Uint64(h[1:9]), h[9:13], nil
 }
 
-// resolve maps a handle to its id and current path.
-func (t *handleTable) resolve(h []byte) (uint64, string, error) {
-	id, gen, err := t.verify(h)
+// resolveData maps a handle to its id and current path without looking
+// at the file: READ, WRITE and COMMIT use it, and the open-file cache
+// checks the file's identity (see openFiles.acquire).
+func (t *handleTable) resolveData(h []byte) (uint64, string, error) {
+	id, e, err := t.entryOf(h)
 	if err != nil {
 		return 0, "", err
 	}
-	var p string
-	err = t.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketIDs).Get(u64(id))
-		if len(v) < 4 || !hmac.Equal(v[:4], gen) {
-			return errStaleHandle
-		}
-		p = string(v[4:])
-		return nil
-	})
-	if err != nil {
-		return 0, "", err
-	}
-	return id, p, nil
+	return id, e.path, nil
 }
 
-// lookup returns the handle of an already known path.
-func (t *handleTable) lookup(p string) ([]byte, uint64, bool) {
-	var h []byte
-	var id uint64
+// entryOf verifies h and reads its table entry.
+func (t *handleTable) entryOf(h []byte) (uint64, tableEntry, error) {
+	id, gen, err := t.verify(h)
+	if err != nil {
+		return 0, tableEntry{}, err
+	}
+	e, ok := t.entry(id)
+	if !ok || !hmac.Equal(e.gen[:], gen) {
+		return 0, tableEntry{}, errStaleHandle
+	}
+	return id, e, nil
+}
+
+// entry reads the entry of id.
+func (t *handleTable) entry(id uint64) (tableEntry, bool) {
+	var e tableEntry
+	ok := false
 	_ = t.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketPaths).Get(pathKey(p))
+		e, ok = decodeEntry(tx.Bucket(bucketIDs).Get(u64(id)))
+		return nil
+	})
+	return e, ok
+}
+
+// resolve maps a handle to its id and current path, and checks that the
+// file at that path is the one the handle was given for: a handle whose
+// name now belongs to another file is STALE (and forgotten).
+func (t *handleTable) resolve(h []byte) (uint64, string, error) {
+	for range 3 {
+		id, e, err := t.entryOf(h)
+		if err != nil {
+			return 0, "", err
+		}
+		if t.same(id, e) {
+			return id, e.path, nil
+		}
+		if t.forgetReplaced(id, e) {
+			return 0, "", errStaleHandle
+		}
+		// The entry changed while we looked (an NFS rename moved it):
+		// check its new path.
+	}
+	return 0, "", errStaleHandle
+}
+
+// same reports whether the file at e.path is still the one id was
+// assigned to. Unknown (no export, the root, no identity, nothing at the
+// path) counts as the same: the procedure itself then reports what it
+// finds. An entry without identity gets the one seen now.
+func (t *handleTable) same(id uint64, e tableEntry) bool {
+	if t.keyAt == nil || id == rootID {
+		return true
+	}
+	cur, ok := t.keyAt(e.path)
+	switch {
+	case !ok:
+		return true
+	case !e.hasKey:
+		t.recordKey(id, e, cur)
+		return true
+	}
+	return cur.same(e.key)
+}
+
+// recordKey stores k for id if its entry is still e.
+func (t *handleTable) recordKey(id uint64, e tableEntry, k fileKey) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_ = t.db.Update(func(tx *bolt.Tx) error {
+		ids := tx.Bucket(bucketIDs)
+		cur, ok := decodeEntry(ids.Get(u64(id)))
+		if !ok || cur != e {
+			return nil
+		}
+		cur.key, cur.hasKey = k, true
+		return ids.Put(u64(id), cur.encode())
+	})
+}
+
+// forgetReplaced drops id, whose path names another file now, if its
+// entry is still e; it reports false when the entry changed meanwhile. A
+// missing entry counts as dropped. Only id goes: ids below a replaced
+// directory are checked when they are next used.
+func (t *handleTable) forgetReplaced(id uint64, e tableEntry) bool {
+	t.mu.Lock()
+	dropped := false
+	err := t.db.Update(func(tx *bolt.Tx) error {
+		paths, ids := tx.Bucket(bucketPaths), tx.Bucket(bucketIDs)
+		v := ids.Get(u64(id))
 		if v == nil {
 			return nil
 		}
-		id = binary.BigEndian.Uint64(v)
-		e := tx.Bucket(bucketIDs).Get(v)
-		if len(e) >= 4 {
-			h = t.encode(id, e[:4])
+		cur, ok := decodeEntry(v)
+		if ok && cur != e {
+			return errEntryChanged
 		}
+		if err := ids.Delete(u64(id)); err != nil {
+			return err
+		}
+		if pv := paths.Get(pathKey(e.path)); pv != nil && binary.BigEndian.Uint64(pv) == id {
+			if err := paths.Delete(pathKey(e.path)); err != nil {
+				return err
+			}
+		}
+		dropped = true
 		return nil
 	})
-	return h, id, h != nil
+	t.mu.Unlock()
+	if dropped {
+		t.live.Add(-1)
+		if t.stale != nil {
+			t.stale(id)
+		}
+	}
+	return err == nil
 }
 
-// assign returns the handle of p, giving it a fresh id if it has none.
+var errEntryChanged = errors.New("table entry changed")
+
+// lookup returns the handle of an already known path, if the file at p
+// is still the one its id was assigned to (see resolve).
+func (t *handleTable) lookup(p string) ([]byte, uint64, bool) {
+	for range 3 {
+		var e tableEntry
+		var id uint64
+		found := false
+		_ = t.db.View(func(tx *bolt.Tx) error {
+			v := tx.Bucket(bucketPaths).Get(pathKey(p))
+			if v == nil {
+				return nil
+			}
+			id = binary.BigEndian.Uint64(v)
+			e, found = decodeEntry(tx.Bucket(bucketIDs).Get(v))
+			return nil
+		})
+		if !found {
+			return nil, 0, false
+		}
+		if t.same(id, e) {
+			return t.encode(id, e.gen[:]), id, true
+		}
+		if t.forgetReplaced(id, e) {
+			return nil, 0, false
+		}
+	}
+	return nil, 0, false
+}
+
+// keyOf is the identity of the file at p now, if it has one.
+func (t *handleTable) keyOf(p string) (fileKey, bool) {
+	if t.keyAt == nil || p == "" {
+		return fileKey{}, false
+	}
+	return t.keyAt(p)
+}
+
+// assign returns the handle of p, giving it a fresh id (with the identity
+// of the file there now) if it has none.
 func (t *handleTable) assign(p string) ([]byte, error) {
 	if h, _, ok := t.lookup(p); ok {
 		return h, nil
 	}
+	key, hasKey := t.keyOf(p)
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	var h []byte
 	added := false
+	var replaced []uint64
 	err := t.db.Update(func(tx *bolt.Tx) error {
 		paths, ids, meta := tx.Bucket(bucketPaths), tx.Bucket(bucketIDs), tx.Bucket(bucketMeta)
 		if v := paths.Get(pathKey(p)); v != nil { // assigned meanwhile
 			id := binary.BigEndian.Uint64(v)
-			e := ids.Get(v)
-			if len(e) < 4 {
+			e, ok := decodeEntry(ids.Get(v))
+			if !ok {
 				return fmt.Errorf("handle table: id %d has no entry", id)
 			}
-			h = t.encode(id, e[:4])
-			return nil
+			if !hasKey || !e.hasKey || e.key.same(key) {
+				h = t.encode(id, e.gen[:])
+				return nil
+			}
+			// Assigned to the file that had this name before.
+			if err := ids.Delete(v); err != nil {
+				return err
+			}
+			replaced = append(replaced, id)
 		}
 		id := binary.BigEndian.Uint64(meta.Get(keyNextID))
 		if err := meta.Put(keyNextID, u64(id+1)); err != nil {
 			return err
 		}
-		gen := randGen()
-		if err := ids.Put(u64(id), append(append([]byte(nil), gen...), p...)); err != nil {
+		e := tableEntry{key: key, hasKey: hasKey, path: p}
+		copy(e.gen[:], randGen())
+		if err := ids.Put(u64(id), e.encode()); err != nil {
 			return err
 		}
 		if err := paths.Put(pathKey(p), u64(id)); err != nil {
 			return err
 		}
-		h = t.encode(id, gen)
+		h = t.encode(id, e.gen[:])
 		added = true
 		return nil
 	})
+	t.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("assign handle for %q: %w", p, err)
 	}
 	if added {
-		t.live.Add(1)
+		t.live.Add(1 - int64(len(replaced)))
+	}
+	if len(replaced) > 0 && t.stale != nil {
+		t.stale(replaced...)
 	}
 	return h, nil
 }
@@ -294,12 +627,12 @@ func (t *handleTable) move(from, to string) (moved, dropped []uint64, err error)
 			if err := paths.Put([]byte(nk), kv.id); err != nil {
 				return err
 			}
-			e := ids.Get(kv.id)
-			if len(e) < 4 {
+			e, ok := decodeEntry(ids.Get(kv.id))
+			if !ok {
 				continue
 			}
-			ne := append(append([]byte(nil), e[:4]...), nk[1:]...)
-			if err := ids.Put(kv.id, ne); err != nil {
+			e.path = nk[1:] // the identity moves with the file
+			if err := ids.Put(kv.id, e.encode()); err != nil {
 				return err
 			}
 			moved = append(moved, binary.BigEndian.Uint64(kv.id))

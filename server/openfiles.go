@@ -15,14 +15,19 @@ import (
 // openFile is one cached billy file, shared by concurrent READ/WRITE/COMMIT
 // requests for the same file id.
 //
-// Concurrency: refs and evicted are guarded by mu; the file itself is
-// used concurrently through ReadAt/WriteAt (seek+write under mu for files
-// without WriteAt).
+// Concurrency: refs and evicted are guarded by mu; unlinked is atomic;
+// the file itself is used concurrently through ReadAt/WriteAt (seek+write
+// under mu for files without WriteAt).
 type openFile struct {
 	id       uint64
 	path     string
 	f        billy.File
 	writable bool
+
+	// unlinked is set once an fstat of f shows no links left: the file
+	// was removed (or replaced) behind the server's back, so nothing
+	// written to f could ever be read through a name again.
+	unlinked atomic.Bool
 
 	mu      sync.Mutex
 	refs    int
@@ -35,6 +40,31 @@ type openFile struct {
 // holds one of max tokens, so open fds never exceed max: a miss while all
 // max files are in use waits for one to be released.
 //
+// Replaced files (RFC 1813 §4.4 STALE): an fd follows its inode, as a
+// knfsd handle does, so a file removed or replaced outside NFS must not
+// keep receiving data. The guarantee, for files with an identity
+// (fileIdentity) and local files for the link count:
+//
+//   - acquire, when it opens a file, compares the identity of the fd it
+//     got (statx/fstat of the fd) with the one the handle table recorded for the id; on
+//     a mismatch the id is forgotten and the call is STALE, so an old
+//     handle never opens the file that now has its name, and the new
+//     file's handle (a new id) opens the new inode.
+//   - Every WRITE checks (fstat) just before writing, every READ just
+//     after reading (the fstat of its post-op attributes), and every sync
+//     (COMMIT, DATA_SYNC/FILE_SYNC WRITE) just after fsync, that the
+//     fd's inode still has a link: one that has none answers STALE and
+//     the fd is not used again. A WRITE racing the unlink itself can land
+//     in the dying inode, but it is UNSTABLE data (a stable WRITE syncs
+//     and checks after writing), and the COMMIT that follows answers
+//     STALE: the client learns the data is lost, never silently.
+//   - A file renamed away outside NFS keeps its link, so its cached fd
+//     keeps serving it (as knfsd would) until evicted; other procedures,
+//     which go by path, already answer STALE (handleTable.resolve).
+//
+// Hit costs nothing but the WRITE's fstat; the identity is checked on a
+// miss only.
+//
 // Concurrency: safe for concurrent use. Lock order: openFiles.missMu, then
 // openFile.mu; the LRU's eviction callback runs outside the LRU's lock.
 type openFiles struct {
@@ -44,6 +74,9 @@ type openFiles struct {
 	missMu   sync.Mutex    // one opener per miss, so an id is never opened twice
 	tokens   chan struct{} // one per open fd, capacity max
 	fds      atomic.Int64
+	// table gives the identity recorded for an id (set by attach; nil:
+	// not checked).
+	table *handleTable
 }
 
 func newOpenFiles(base billy.Filesystem, max int, readOnly bool) (*openFiles, error) {
@@ -75,7 +108,7 @@ func (o *openFiles) closeFile(of *openFile) {
 func (o *openFiles) tryUse(of *openFile, write bool) bool {
 	of.mu.Lock()
 	defer of.mu.Unlock()
-	if of.evicted || (write && !of.writable) {
+	if of.evicted || of.unlinked.Load() || (write && !of.writable) {
 		return false
 	}
 	of.refs++
@@ -83,30 +116,42 @@ func (o *openFiles) tryUse(of *openFile, write bool) bool {
 }
 
 // acquire returns the open file for id (opening path if needed) with a
-// reference the caller must release.
+// reference the caller must release. When it has to open the file and
+// finds another file than the one the id was assigned to, it forgets the
+// id and answers errStaleHandle.
 func (o *openFiles) acquire(id uint64, p string, write bool) (*openFile, error) {
+	of, replaced, err := o.acquireFile(id, p, write)
+	if replaced != nil {
+		o.table.forgetReplaced(id, *replaced)
+	}
+	return of, err
+}
+
+// acquireFile is acquire with missMu held on a miss; replaced is the
+// table entry to forget (outside missMu) when the file was replaced.
+func (o *openFiles) acquireFile(id uint64, p string, write bool) (*openFile, *tableEntry, error) {
 	if of, ok := o.lru.Get(id); ok && o.tryUse(of, write) {
-		return of, nil
+		return of, nil, nil
 	}
 	o.missMu.Lock()
 	defer o.missMu.Unlock()
 	if of, ok := o.lru.Get(id); ok {
 		if o.tryUse(of, write) {
-			return of, nil
+			return of, nil, nil
 		}
-		o.lru.Remove(id) // read-only fd but a write is wanted: reopen
+		o.lru.Remove(id) // read-only fd but a write is wanted, or unlinked: reopen
 	}
 	info, err := o.base.Lstat(basePath(p))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	switch {
 	case info.IsDir():
-		return nil, pathErr("open", p, syscall.EISDIR)
+		return nil, nil, pathErr("open", p, syscall.EISDIR)
 	case !info.Mode().IsRegular():
 		// FIFOs and devices would block or misbehave; symlinks are
 		// resolved by clients (READLINK), not read.
-		return nil, pathErr("open", p, syscall.EINVAL)
+		return nil, nil, pathErr("open", p, syscall.EINVAL)
 	}
 	// Make room: evict the least recently used file (closed now if
 	// idle) and wait for a token if every cached file is in use.
@@ -126,17 +171,78 @@ func (o *openFiles) acquire(id uint64, p string, write bool) (*openFile, error) 
 				err = os.ErrPermission
 			}
 			<-o.tokens
-			return nil, err
+			return nil, nil, err
 		}
 		if f, err = o.base.OpenFile(basePath(p), os.O_RDONLY, 0); err != nil {
 			<-o.tokens
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	o.fds.Add(1)
 	of := &openFile{id: id, path: p, f: f, writable: writable, refs: 1}
+	if replaced, err := o.checkOpened(of); err != nil {
+		_ = f.Close()
+		<-o.tokens
+		return nil, replaced, err
+	}
+	o.fds.Add(1)
 	o.lru.Add(id, of)
-	return of, nil
+	return of, nil, nil
+}
+
+// checkOpened compares a freshly opened file (fstat: what was really
+// opened, whatever the path named a moment before) with the identity the
+// table recorded for its id.
+func (o *openFiles) checkOpened(of *openFile) (*tableEntry, error) {
+	s, ok := of.f.(interface{ Stat() (os.FileInfo, error) })
+	if !ok {
+		return nil, nil
+	}
+	fi, err := s.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("stat opened %q: %w", of.path, err)
+	}
+	if err := of.checkLinked(fi); err != nil {
+		return nil, err
+	}
+	if o.table == nil {
+		return nil, nil
+	}
+	key, ok := o.table.fdKey(of.f, fi)
+	if !ok {
+		return nil, nil
+	}
+	e, found := o.table.entry(of.id)
+	if !found {
+		return nil, fmt.Errorf("open %q: %w", of.path, errStaleHandle)
+	}
+	if e.hasKey && e.path == of.path && !e.key.same(key) {
+		return &e, fmt.Errorf("open %q: another file has its name now: %w", of.path, errStaleHandle)
+	}
+	return nil, nil
+}
+
+// checkLinked marks of unlinked, and answers errStaleHandle, when fi
+// (an fstat of of.f) shows a local inode without links.
+func (of *openFile) checkLinked(fi os.FileInfo) error {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 0 {
+		of.unlinked.Store(true)
+		return fmt.Errorf("%q was removed outside NFS: %w", of.path, errStaleHandle)
+	}
+	if of.unlinked.Load() {
+		return fmt.Errorf("%q was removed outside NFS: %w", of.path, errStaleHandle)
+	}
+	return nil
+}
+
+// fstat stats the open file itself; ok is false when the file type
+// cannot (then nothing is checked).
+func (of *openFile) fstat() (os.FileInfo, bool, error) {
+	s, ok := of.f.(interface{ Stat() (os.FileInfo, error) })
+	if !ok {
+		return nil, false, nil
+	}
+	fi, err := s.Stat()
+	return fi, true, err
 }
 
 func (o *openFiles) release(of *openFile) {
@@ -170,6 +276,13 @@ func (of *openFile) readAt(b []byte, off int64) (int, error) {
 }
 
 func (of *openFile) writeAt(b []byte, off int64) (int, error) {
+	if fi, ok, err := of.fstat(); err != nil {
+		return 0, err
+	} else if ok {
+		if err := of.checkLinked(fi); err != nil {
+			return 0, err
+		}
+	}
 	if w, ok := of.f.(io.WriterAt); ok {
 		return w.WriteAt(b, off)
 	}
@@ -181,16 +294,33 @@ func (of *openFile) writeAt(b []byte, off int64) (int, error) {
 	return of.f.Write(b)
 }
 
+// sync makes the file durable, then checks it still has a link: data
+// synced into a removed inode is lost, and the client must hear so.
 func (of *openFile) sync() error {
 	if s, ok := of.f.(interface{ Sync() error }); ok {
-		return s.Sync()
+		if err := s.Sync(); err != nil {
+			return err
+		}
 	}
-	return nil
+	fi, ok, err := of.fstat()
+	if err != nil || !ok {
+		return err
+	}
+	return of.checkLinked(fi)
 }
 
+// stat returns the file's attributes, or errStaleHandle once its inode
+// has no link left.
 func (of *openFile) stat(base billy.Filesystem) (os.FileInfo, error) {
-	if s, ok := of.f.(interface{ Stat() (os.FileInfo, error) }); ok {
-		return s.Stat()
+	fi, ok, err := of.fstat()
+	if !ok {
+		return base.Stat(basePath(of.path))
 	}
-	return base.Stat(basePath(of.path))
+	if err != nil {
+		return nil, err
+	}
+	if err := of.checkLinked(fi); err != nil {
+		return nil, err
+	}
+	return fi, nil
 }

@@ -137,6 +137,7 @@ func New(fsys billy.Filesystem, opts Options) (*Server, error) {
 			s.core.osRoot = r
 		}
 	}
+	s.table.attach(s.core)
 	s.dirs = newDirCache()
 	s.lanes = make(chan *lane, lanes)
 	for range lanes {
