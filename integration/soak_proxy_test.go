@@ -6,15 +6,23 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	nfsc "github.com/willscott/go-nfs-client/nfs"
+	"github.com/willscott/go-nfs-client/nfs/rpc"
 
 	"github.com/nfscache/nfscache/billyfs"
 	"github.com/nfscache/nfscache/client"
@@ -109,7 +117,7 @@ func TestSoakProxyMixedClients(t *testing.T) {
 		if w.id == 90 {
 			err = w.runOurs(ctx, px.Addr, warm)
 		} else {
-			err = w.runTheirs(px.Addr, warm)
+			err = w.runTheirsInDir(px.Addr, warm)
 		}
 		if err != nil {
 			t.Fatalf("warm-up worker %d: %v", w.id, err)
@@ -126,10 +134,32 @@ func TestSoakProxyMixedClients(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, e := range ents {
-			if e.Name != "." && e.Name != ".." {
-				if _, err := c.Remove(ctx, c.Root(), e.Name); err != nil {
-					t.Fatalf("remove warm-up file %s: %v", e.Name, err)
+			if e.Name == "." || e.Name == ".." {
+				continue
+			}
+			if strings.HasPrefix(e.Name, "d") { // a go-nfs-client worker's directory
+				d, err := c.Lookup(ctx, c.Root(), e.Name)
+				if err != nil {
+					t.Fatal(err)
 				}
+				sub, err := c.ReadDirAll(ctx, d.Handle)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range sub {
+					if f.Name != "." && f.Name != ".." {
+						if _, err := c.Remove(ctx, d.Handle, f.Name); err != nil {
+							t.Fatalf("remove warm-up file %s/%s: %v", e.Name, f.Name, err)
+						}
+					}
+				}
+				if _, err := c.Rmdir(ctx, c.Root(), e.Name); err != nil {
+					t.Fatalf("rmdir warm-up dir %s: %v", e.Name, err)
+				}
+				continue
+			}
+			if _, err := c.Remove(ctx, c.Root(), e.Name); err != nil {
+				t.Fatalf("remove warm-up file %s: %v", e.Name, err)
 			}
 		}
 	}()
@@ -156,7 +186,7 @@ func TestSoakProxyMixedClients(t *testing.T) {
 			if i < ours {
 				err = w.runOurs(ctx, px.Addr, deadline)
 			} else {
-				err = w.runTheirs(px.Addr, deadline)
+				err = w.runTheirsInDir(px.Addr, deadline)
 			}
 			if err != nil {
 				errs <- fmt.Errorf("worker %d: %w", i, err)
@@ -173,54 +203,86 @@ func TestSoakProxyMixedClients(t *testing.T) {
 		return
 	}
 	model := map[string][]byte{}
-	total, notDir := 0, 0
-	for _, w := range workers {
+	total, notDir, oursOps := 0, 0, 0
+	for i, w := range workers {
 		total += w.ops
+		if i < ours {
+			oursOps += w.ops
+		}
 		notDir += w.readdirNotDir
 		for name, data := range w.model {
 			model[name] = data
 		}
 	}
 
-	// 1. Through the proxy, with a fresh client.
+	// 1. Through the proxy, with a fresh client: every directory lists
+	// exactly the model's names and every file reads back as the model.
 	func() {
 		c, err := client.Dial(ctx, px.Addr, client.Options{Timeout: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		ents, err := c.ReadDirAll(ctx, c.Root())
-		if err != nil {
-			t.Fatalf("readdir through the proxy: %v", err)
+		want := map[string][]string{} // dir ("" = root) → names
+		for _, w := range workers[ours:] {
+			want[""] = append(want[""], w.dir())
+			want[w.dir()] = []string{}
 		}
-		var listed []string
-		for _, e := range ents {
-			if e.Name != "." && e.Name != ".." {
-				listed = append(listed, e.Name)
+		for name := range model {
+			dir, base := path.Split(name)
+			dir = strings.TrimSuffix(dir, "/")
+			want[dir] = append(want[dir], base)
+		}
+		for dir, names := range want {
+			dh := c.Root()
+			if dir != "" {
+				l, err := c.Lookup(ctx, c.Root(), dir)
+				if err != nil {
+					t.Errorf("lookup %s through the proxy: %v", dir, err)
+					continue
+				}
+				dh = l.Handle
 			}
-		}
-		if want := soakNames(model); !sameSet(listed, want) {
-			t.Errorf("the proxy lists %d entries, the model has %d", len(listed), len(want))
-		}
-		for name, want := range model {
-			l, err := c.Lookup(ctx, c.Root(), name)
+			ents, err := c.ReadDirAll(ctx, dh)
 			if err != nil {
-				t.Errorf("%s through the proxy: %v", name, err)
+				t.Errorf("readdir %q through the proxy: %v", dir, err)
 				continue
 			}
-			got := make([]byte, len(want)+1)
-			n, _ := c.ReadAt(ctx, l.Handle, got, 0)
-			size := uint64(len(want))
-			if l.Attr != nil {
-				size = l.Attr.Size
+			var listed []string
+			for _, e := range ents {
+				if e.Name != "." && e.Name != ".." {
+					listed = append(listed, e.Name)
+				}
 			}
-			if n != len(want) || !bytes.Equal(got[:n], want) || size != uint64(len(want)) {
-				t.Errorf("%s through the proxy: %d bytes (size attribute %d), model %d, equal %v", name, n, size, len(want), bytes.Equal(got[:n], want))
+			sort.Strings(names)
+			if !sameSet(listed, names) {
+				t.Errorf("directory %q through the proxy lists %d entries, the model has %d", dir, len(listed), len(names))
+			}
+			for _, base := range names {
+				data, ok := model[path.Join(dir, base)]
+				if !ok {
+					continue // a worker's directory
+				}
+				l, err := c.Lookup(ctx, dh, base)
+				if err != nil {
+					t.Errorf("%s/%s through the proxy: %v", dir, base, err)
+					continue
+				}
+				got := make([]byte, len(data)+1)
+				n, _ := c.ReadAt(ctx, l.Handle, got, 0)
+				size := uint64(len(data))
+				if l.Attr != nil {
+					size = l.Attr.Size
+				}
+				if n != len(data) || !bytes.Equal(got[:n], data) || size != uint64(len(data)) {
+					t.Errorf("%s/%s through the proxy: %d bytes (size attribute %d), model %d, equal %v", dir, base, n, size, len(data), bytes.Equal(got[:n], data))
+				}
 			}
 		}
 	}()
 
-	// 2. On the upstream's disk once the proxy has flushed.
+	// 2. On the upstream's disk once the proxy has flushed: the same files
+	// and nothing else.
 	if err := px.FS.Sync(); err != nil {
 		t.Fatalf("proxy Sync: %v", err)
 	}
@@ -230,13 +292,16 @@ func TestSoakProxyMixedClients(t *testing.T) {
 			t.Errorf("%s on the upstream: %d bytes (%v), model %d", name, len(got), err, len(want))
 		}
 	}
-	ents, _ := os.ReadDir(up.Dir)
-	if len(ents) != len(model) {
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
+	var onDisk []string
+	_ = filepath.WalkDir(up.Dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			rel, _ := filepath.Rel(up.Dir, p)
+			onDisk = append(onDisk, filepath.ToSlash(rel))
 		}
-		t.Errorf("%d entries on the upstream, model has %d: %v", len(ents), len(model), names)
+		return nil
+	})
+	if !sameSet(onDisk, soakNames(model)) {
+		t.Errorf("%d files on the upstream, model has %d: %v", len(onDisk), len(model), onDisk)
 	}
 	if notDir > 0 {
 		msg := fmt.Sprintf("BUG: %d READDIRPLUS calls of the proxy's root answered NFS3ERR_NOTDIR while other clients renamed/removed files in it — the same server bug TestSoakMixedClients reports", notDir)
@@ -262,8 +327,8 @@ func TestSoakProxyMixedClients(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	st := px.FS.Stats()
-	t.Logf("%d ops by 32 clients through the proxy in %v (%.0f ops/s), %d files verified through the proxy and on the upstream; goroutines %d→%d, fds %d→%d (of which %d held by the upstream's open-file cache and the proxy cache's fd LRU), heap %d→%d KiB; proxy cache: %d cookies, peak %d backing fds, %d writeback reopens, %d throttle waits",
-		total, elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds(), len(model), baseG, g, baseFD, fd, held, baseHeap>>10, heap>>10,
+	t.Logf("%d ops (%d by our clients, %d by go-nfs-client) by 32 clients through the proxy in %v (%.0f ops/s), %d files verified through the proxy and on the upstream; goroutines %d→%d, fds %d→%d (of which %d held by the upstream's open-file cache and the proxy cache's fd LRU), heap %d→%d KiB; proxy cache: %d cookies, peak %d backing fds, %d writeback reopens, %d throttle waits",
+		total, oursOps, total-oursOps, elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds(), len(model), baseG, g, baseFD, fd, held, baseHeap>>10, heap>>10,
 		st.Cache.Cookies, st.Cache.PeakOpenFiles, st.Cache.WritebackReopens, st.Writeback.ThrottleWaits)
 	if !ok() {
 		var sb strings.Builder
@@ -307,4 +372,111 @@ func sameSet(a, b []string) bool {
 	a = append([]string(nil), a...)
 	sort.Strings(a)
 	return strings.Join(a, " ") == strings.Join(b, " ")
+}
+
+// dir is a go-nfs-client worker's own directory.
+func (w *soakWorker) dir() string { return fmt.Sprintf("d%02d", w.id) }
+
+// runTheirsInDir is runTheirs (go-nfs-client: whole-file rewrites,
+// verified reads, renames, removes, READDIRPLUS) inside the worker's own
+// directory. go-nfs-client's ReadDirPlus re-reads a directory until its
+// mtime from GETATTR equals the one READDIRPLUS returned
+// ((*Target).checkCachedDir), so on a root that 31 other clients keep
+// changing it spins until they stop: runTheirs's workers spend most of a
+// soak inside one READDIRPLUS. In its own directory the worker's listing
+// settles and it does its share of operations.
+func (w *soakWorker) runTheirsInDir(addr string, deadline time.Time) error {
+	var (
+		rc  *rpc.Client
+		err error
+	)
+	for range 50 { // go-nfs-client picks a random local port; retry collisions
+		if rc, err = rpc.DialTCP("tcp", addr, false); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	v, err := (&nfsc.Mount{Client: rc}).Mount("/", rpc.AuthNull)
+	if err != nil {
+		return err
+	}
+	dir := w.dir()
+	if _, err := v.Mkdir("/"+dir, 0o755); err != nil {
+		return fmt.Errorf("mkdir %s: %w", dir, err)
+	}
+	r := rand.New(rand.NewPCG(uint64(w.id), 3))
+	for n := 0; time.Now().Before(deadline); n++ {
+		w.ops++
+		name := fmt.Sprintf("%s/w%02d-%d", dir, w.id, r.IntN(6))
+		_, exists := w.model[name]
+		switch op := r.IntN(6); {
+		case op <= 1: // rewrite from offset 0 (OpenFile does not truncate)
+			data := relData(uint64(w.id)<<32|uint64(n), r.IntN(100<<10)+1)
+			f, err := v.OpenFile("/"+name, 0o644)
+			if err != nil {
+				return fmt.Errorf("open %s: %w", name, err)
+			}
+			if _, err := f.Write(data); err != nil {
+				f.Close()
+				return fmt.Errorf("write %s: %w", name, err)
+			}
+			if err := f.Close(); err != nil {
+				return fmt.Errorf("close %s: %w", name, err)
+			}
+			nb := append([]byte(nil), data...)
+			if old := w.model[name]; len(old) > len(nb) {
+				nb = append(nb, old[len(nb):]...)
+			}
+			w.model[name] = nb
+		case op == 2 && exists:
+			f, err := v.Open("/" + name)
+			if err != nil {
+				return fmt.Errorf("open %s: %w", name, err)
+			}
+			got := make([]byte, len(w.model[name]))
+			n, err := f.ReadAt(got, 0)
+			f.Close()
+			if err != nil && !(errors.Is(err, io.EOF) && n == len(got)) {
+				return fmt.Errorf("read %s: %w", name, err)
+			}
+			if !bytes.Equal(got, w.model[name]) {
+				return fmt.Errorf("read %s: content differs from the model", name)
+			}
+		case op == 3 && exists:
+			to := fmt.Sprintf("%s/w%02d-%d", dir, w.id, r.IntN(6))
+			if to == name {
+				continue
+			}
+			if err := v.Rename("/"+name, "/"+to); err != nil {
+				return fmt.Errorf("rename %s %s: %w", name, to, err)
+			}
+			w.model[to] = w.model[name]
+			delete(w.model, name)
+		case op == 4 && exists:
+			if err := v.Remove("/" + name); err != nil {
+				return fmt.Errorf("remove %s: %w", name, err)
+			}
+			delete(w.model, name)
+		default:
+			ents, err := v.ReadDirPlus("/" + dir)
+			if err != nil && strings.Contains(err.Error(), "NOTDIR") {
+				w.readdirNotDir++
+				continue
+			} else if err != nil {
+				return fmt.Errorf("readdir %s: %w", dir, err)
+			}
+			var names []string
+			for _, e := range ents {
+				names = append(names, dir+"/"+e.FileName)
+			}
+			if !sameSet(names, soakNames(w.model)) {
+				return fmt.Errorf("readdir %s: lists %v, model %v", dir, names, soakNames(w.model))
+			}
+		}
+	}
+	return nil
 }
