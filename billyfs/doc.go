@@ -82,6 +82,46 @@
 // that late; open does not. A stale handle (NFS3ERR_STALE) makes the FS
 // forget its cached names and look the path up again.
 //
+// # Upstream outages: Options.ServeStale
+//
+// By default an outage makes every call that needs the upstream wait for
+// it — the client reconnects and retransmits by itself — for up to
+// Options.Timeout, then fail (ETIMEDOUT); cached answers within
+// AttrTimeout and cached file data of files already open keep working.
+//
+// With ServeStale > 0 (the knfsd-cache-utils idea of riding out a source
+// outage, done the Linux way: nfs_revalidate_inode falling back to the
+// cached inode), billyfs keeps serving from what it last validated:
+//   - The upstream is declared down by the first call that fails with a
+//     connection error (no reply, connection lost, refused, reset); a
+//     revalidation gives it only Options.OutageDetect (default 3 s) to
+//     answer. One Warn line is logged; a NULL probe then runs until the
+//     upstream answers, which is logged once at Info with the outage's
+//     length and the number of stale answers given.
+//   - While it is down, attributes, names (LOOKUP), directory listings
+//     (READDIRPLUS), symbolic link targets and FSSTAT are answered from
+//     the last copy validated with the upstream, provided that validation
+//     is at most ServeStale old; open's close-to-open check uses the same
+//     attributes, so cached file data is served as it was.
+//   - Everything else — reads of data not in the cache, names never seen,
+//     CREATE, REMOVE, RENAME, SETATTR, COMMIT (File.Sync/Close of written
+//     data) — is sent as usual: the client waits through reconnects for
+//     up to Options.Timeout, then the call fails with EIO. An outage
+//     shorter than Timeout is therefore invisible to these calls.
+//   - Writes go into the cache as always (dirty, pinned, durably
+//     recorded). Background writeback does not try while the upstream is
+//     down; when the probe sees it again, writeback starts at once. A
+//     writeback error that only said "unreachable" is not reported by a
+//     later Sync that finds everything written back.
+//
+// The staleness guarantee: no answer served during an outage is older
+// than ServeStale counted from its last validation with the upstream; past
+// that, calls fail (EIO) instead of answering. Changes made on the
+// upstream by other clients during the outage are not seen until it is
+// back (they cannot be), and the data written here meanwhile meets them
+// at writeback exactly as after a crash: see "Crash safety" for how a
+// conflicting remote change is kept apart.
+//
 // # Paths
 //
 // Names behave like go-billy's osfs (a chroot helper over the OS): "/" and
@@ -146,6 +186,9 @@
 // conflicts too (safe — nothing lost — but not automatic).
 //
 // # Concurrency
+//
+// The outage state (upstream.go) is an atomic flag plus outageMu, which
+// guards only its own fields and is never held across a call.
 //
 // FS and File are safe for concurrent use by many goroutines; a server such
 // as go-nfs calls them from many connections at once. Close must not race

@@ -48,6 +48,13 @@ func (s *state) pathErr(op, name string, err error) error {
 		}
 	}
 	errno := errnoOf(err)
+	if s.serveStale() && isConnErr(err) && !errors.Is(err, context.Canceled) {
+		// Under ServeStale an unreachable upstream is one clear error,
+		// whatever the call was waiting for when the bound ran out.
+		s.noteErr(err)
+		errno = syscall.EIO
+		s.log.Debug("billyfs: upstream unreachable", "op", op, "path", name, "err", err)
+	}
 	if errno != syscall.ENOENT && errno != syscall.EEXIST {
 		s.log.Debug("billyfs: operation failed", "op", op, "path", name, "err", err)
 	}

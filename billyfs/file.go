@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -240,6 +241,31 @@ func (f *File) Truncate(size int64) error {
 	return nil
 }
 
+// Stat returns the open file's attributes (fstat) without a call to the
+// upstream: the cached attributes if still fresh, else those the file had
+// at open or after our own last change, with the local size (data written
+// and not yet written back included). Sys() is a *RemoteAttr.
+func (f *File) Stat() (os.FileInfo, error) {
+	f.mu.Lock()
+	closed := f.closed
+	f.mu.Unlock()
+	if closed {
+		return nil, f.err("stat", syscall.EBADF)
+	}
+	s := f.fs.s
+	if f.ino == nil {
+		return f.fs.Stat(f.name)
+	}
+	ino := f.ino
+	a, ok := s.cachedAttr(ino.fh)
+	if !ok {
+		ino.mu.Lock()
+		a = ino.attr
+		ino.mu.Unlock()
+	}
+	return s.info(filepath.Base(f.name), ino.fh, a), nil
+}
+
 // Lock is a no-op: NFSv3 locking needs the NLM protocol, which billyfs does
 // not speak (FS.Capabilities does not report LockCapability).
 func (f *File) Lock() error { return nil }
@@ -265,7 +291,11 @@ func (f *File) syncLocked() error {
 	ctx := f.fs.s.ctx
 	var errs []error
 	if f.ino.wb != nil {
-		errs = append(errs, f.fs.s.flusher.SyncFile(ctx, f.ino.wb, &f.errCur))
+		err := f.fs.s.flusher.SyncFile(ctx, f.ino.wb, &f.errCur)
+		if f.fs.s.healed(err, !f.ino.dirty()) {
+			err = nil
+		}
+		errs = append(errs, err)
 	}
 	errs = append(errs, f.ino.commitThrough(ctx))
 	if f.fs.s.cache != nil {

@@ -51,8 +51,23 @@ type state struct {
 	inodes   map[string]*inode    // handle → live inode
 	idle     *list.List           // of *inode with no open file, oldest first
 
+	listings map[string]listing   // dir handle → last READDIRPLUS (ServeStale only)
+	links    map[string]linkEntry // symlink handle → target (ServeStale only)
+	usage    *usageEntry          // last FSSTAT (ServeStale only)
+
 	recovered atomic.Int64 // dirty objects written back at New
 	conflicts atomic.Int64 // dirty objects moved to <cache>/conflicts at New
+
+	// Outage state (upstream.go). down is read without a lock; the rest
+	// is guarded by outageMu, which is never held across a call.
+	down           atomic.Bool
+	outageMu       sync.Mutex
+	outageSince    time.Time
+	staleBase      int64
+	closedForProbe bool
+	probes         sync.WaitGroup
+	outages        atomic.Int64
+	staleAnswers   atomic.Int64
 }
 
 type dentry struct {
@@ -60,9 +75,31 @@ type dentry struct {
 	at time.Time
 }
 
+// attrEntry is an attribute cache entry. An entry our own change made
+// outdated is kept with valid=false: only an outage may still use it
+// (as the last attributes validated, at).
 type attrEntry struct {
-	attr client.Attr
-	at   time.Time
+	attr  client.Attr
+	at    time.Time
+	valid bool
+}
+
+// listing is a directory's entries as last read (names and handles; the
+// attributes are in state.attrs).
+type listing struct {
+	names   []string
+	handles []client.Handle
+	at      time.Time
+}
+
+type linkEntry struct {
+	target string
+	at     time.Time
+}
+
+type usageEntry struct {
+	st client.FSStat
+	at time.Time
 }
 
 // New mounts opts.Export at opts.Addr and, with opts.CacheDir, opens the
@@ -92,8 +129,12 @@ func New(ctx context.Context, opts Options) (*FS, error) {
 		attrs:    make(map[string]attrEntry),
 		inodes:   make(map[string]*inode),
 		idle:     list.New(),
+		listings: make(map[string]listing),
+		links:    make(map[string]linkEntry),
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	// s.ctx marks billyfs's own calls (foregroundKey): writeback passes
+	// without it are the flusher's background ones.
+	s.ctx, s.cancel = context.WithCancel(context.WithValue(context.Background(), foregroundKey{}, true))
 	if opts.CacheDir != "" {
 		maxPinned := max(1, opts.MaxOpenFiles*3/4)
 		cache, err := fscache.Open(opts.CacheDir, fscache.Options{
@@ -138,7 +179,17 @@ func (f *FS) Sync() error {
 func (s *state) sync(ctx context.Context) error {
 	var errs []error
 	if s.flusher != nil {
-		errs = append(errs, s.flusher.SyncAll(ctx))
+		err := s.flusher.SyncAll(ctx)
+		if err != nil {
+			clean := true
+			for _, ino := range s.liveInodes() {
+				clean = clean && !ino.dirty()
+			}
+			if s.healed(err, clean) {
+				err = nil
+			}
+		}
+		errs = append(errs, err)
 	}
 	for _, ino := range s.liveInodes() {
 		errs = append(errs, ino.commitThrough(ctx))
@@ -196,8 +247,8 @@ func (f *FS) Close() error {
 	if s.cache != nil {
 		errs = append(errs, s.cache.Close())
 	}
+	s.stopProbe()
 	errs = append(errs, s.clnt.Close())
-	s.cancel()
 	return errors.Join(errs...)
 }
 
@@ -212,13 +263,21 @@ type Stats struct {
 	// <CacheDir>/conflicts because the remote file had changed or gone.
 	Recovered int64
 	Conflicts int64
+	// With Options.ServeStale: UpstreamDown says an outage is going on,
+	// Outages counts them, StaleAnswers counts attributes, names,
+	// listings, link targets and FSSTATs answered from the last
+	// validated copy during outages.
+	UpstreamDown bool
+	Outages      int64
+	StaleAnswers int64
 }
 
 // Stats returns the fscache stats, the client's RPC counts and the writeback
 // counters.
 func (f *FS) Stats() Stats {
 	s := f.s
-	st := Stats{RPC: s.clnt.Stats(), Recovered: s.recovered.Load(), Conflicts: s.conflicts.Load()}
+	st := Stats{RPC: s.clnt.Stats(), Recovered: s.recovered.Load(), Conflicts: s.conflicts.Load(),
+		UpstreamDown: s.down.Load(), Outages: s.outages.Load(), StaleAnswers: s.staleAnswers.Load()}
 	if s.cache != nil {
 		st.Cache = s.cache.Stats()
 		st.Writeback = s.flusher.Stats()
@@ -261,20 +320,23 @@ func (f *FS) Chroot(path string) (billy.Filesystem, error) {
 func dkey(dir client.Handle, name string) string { return string(dir) + "/" + name }
 
 func (s *state) cachedChild(dir client.Handle, name string) (client.Handle, bool) {
-	if s.opts.AttrTimeout < 0 {
-		return nil, false
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, ok := s.dentries[dkey(dir, name)]
-	if !ok || time.Since(d.at) > s.opts.AttrTimeout {
+	if !ok {
 		return nil, false
 	}
-	return d.fh, true
+	if s.opts.AttrTimeout >= 0 && time.Since(d.at) <= s.opts.AttrTimeout || s.staleOK(d.at) {
+		return d.fh, true
+	}
+	return nil, false
 }
 
+// keep reports whether validated answers are stored at all.
+func (s *state) keep() bool { return s.opts.AttrTimeout >= 0 || s.serveStale() }
+
 func (s *state) putChild(dir client.Handle, name string, fh client.Handle) {
-	if s.opts.AttrTimeout < 0 {
+	if !s.keep() {
 		return
 	}
 	s.mu.Lock()
@@ -293,6 +355,7 @@ func (s *state) purgeNames() {
 	s.mu.Lock()
 	clear(s.dentries)
 	clear(s.attrs)
+	clear(s.listings)
 	s.mu.Unlock()
 }
 
@@ -303,7 +366,19 @@ func (s *state) cachedAttr(fh client.Handle) (client.Attr, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a, ok := s.attrs[string(fh)]
-	if !ok || time.Since(a.at) > s.opts.AttrTimeout {
+	if !ok || !a.valid || time.Since(a.at) > s.opts.AttrTimeout {
+		return client.Attr{}, false
+	}
+	return a.attr, true
+}
+
+// staleAttr returns the last attributes validated for fh if an outage
+// lets them stand in (staleOK).
+func (s *state) staleAttr(fh client.Handle) (client.Attr, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.attrs[string(fh)]
+	if !ok || !s.staleOK(a.at) {
 		return client.Attr{}, false
 	}
 	return a.attr, true
@@ -314,31 +389,67 @@ func (s *state) putAttr(fh client.Handle, a *client.Attr) {
 		s.dropAttr(fh)
 		return
 	}
-	if s.opts.AttrTimeout < 0 {
+	if !s.keep() {
 		return
 	}
 	s.mu.Lock()
-	s.attrs[string(fh)] = attrEntry{attr: *a, at: time.Now()}
+	s.attrs[string(fh)] = attrEntry{attr: *a, at: time.Now(), valid: true}
 	s.mu.Unlock()
 }
 
+// dropAttr marks fh's attributes outdated (our own change): they are not
+// used again except as the last validated ones during an outage.
 func (s *state) dropAttr(fh client.Handle) {
 	s.mu.Lock()
-	delete(s.attrs, string(fh))
+	if a, ok := s.attrs[string(fh)]; ok {
+		a.valid = false
+		s.attrs[string(fh)] = a
+	}
 	s.mu.Unlock()
 }
 
-// getattr returns fh's attributes from the cache if fresh, else by GETATTR.
+// forgetAttr deletes fh's attributes: the file is gone.
+func (s *state) forgetAttr(fh client.Handle) {
+	s.mu.Lock()
+	delete(s.attrs, string(fh))
+	delete(s.links, string(fh))
+	delete(s.listings, string(fh))
+	s.mu.Unlock()
+}
+
+// dirChanged is called after we changed dir's entries: its attributes are
+// outdated and its listing wrong.
+func (s *state) dirChanged(dir client.Handle) {
+	s.dropAttr(dir)
+	s.mu.Lock()
+	delete(s.listings, string(dir))
+	s.mu.Unlock()
+}
+
+// getattr returns fh's attributes from the cache if fresh, else by GETATTR
+// (or, during an outage, the last validated ones: see revalidate).
 func (s *state) getattr(ctx context.Context, fh client.Handle, fresh bool) (client.Attr, error) {
 	if !fresh {
 		if a, ok := s.cachedAttr(fh); ok {
 			return a, nil
 		}
 	}
-	a, err := s.clnt.Getattr(ctx, fh)
+	var got client.Attr
+	err := s.revalidate(ctx, func(ctx context.Context) error {
+		a, err := s.clnt.Getattr(ctx, fh)
+		if err != nil {
+			return err
+		}
+		s.putAttr(fh, a)
+		got = *a
+		return nil
+	}, func() bool {
+		a, ok := s.staleAttr(fh)
+		got = a
+		return ok
+	})
 	if err != nil {
 		return client.Attr{}, err
 	}
-	s.putAttr(fh, a)
-	return *a, nil
+	return got, nil
 }

@@ -72,7 +72,7 @@ func (f *FS) Link(target, link string) error {
 		return s.pathErr("link", link, err)
 	}
 	after, _, err := s.clnt.Link(ctx, src.fh, dir, name)
-	s.dropAttr(dir)
+	s.dirChanged(dir)
 	if err != nil {
 		s.dropChild(dir, name)
 		s.dropAttr(src.fh)
@@ -108,7 +108,28 @@ func (s *state) fsstat(ctx context.Context) (client.FSStat, error) {
 	if s.isClosed() {
 		return client.FSStat{}, errFSClosed
 	}
-	st, err := s.clnt.FSStat(ctx, s.clnt.Root())
+	var st client.FSStat
+	err := s.revalidate(ctx, func(ctx context.Context) error {
+		got, err := s.clnt.FSStat(ctx, s.clnt.Root())
+		if err != nil {
+			return err
+		}
+		st = got
+		if s.serveStale() {
+			s.mu.Lock()
+			s.usage = &usageEntry{st: got, at: time.Now()}
+			s.mu.Unlock()
+		}
+		return nil
+	}, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.usage == nil || !s.staleOK(s.usage.at) {
+			return false
+		}
+		st = s.usage.st
+		return true
+	})
 	if err != nil {
 		return client.FSStat{}, fmt.Errorf("billyfs: FSSTAT: %w", err)
 	}

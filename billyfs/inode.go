@@ -179,7 +179,7 @@ func (s *state) evictIdle() {
 // forgetInode is called after we removed fh: dirty data of it is dropped
 // and, if no file has it open, its cached data retired.
 func (s *state) forgetInode(fh client.Handle) {
-	s.dropAttr(fh)
+	s.forgetAttr(fh)
 	s.mu.Lock()
 	ino := s.inodes[string(fh)]
 	if ino == nil {
@@ -400,6 +400,11 @@ func (ino *inode) readAt(ctx context.Context, p []byte, off int64, ra int) (int,
 				return n, io.EOF
 			}
 			return n, nil
+		}
+		if ino.s.serveStale() && isConnErr(err) {
+			// The upstream is unreachable: retrying the whole read
+			// from it would only wait another Timeout.
+			return 0, err
 		}
 		ino.s.log.Debug("billyfs: cached read failed, reading from the server", "handle", ino.fh.String(), "err", err)
 		// Whatever the cache did, the server has every byte once
@@ -688,6 +693,20 @@ func (w wbFilesystem) WritePages(ctx context.Context, wbi *writeback.Inode, exte
 	if removed || ino.ck == nil {
 		return 0, nil
 	}
+	if ctx.Value(foregroundKey{}) == nil && w.s.serveStale() && w.s.upstreamDown() {
+		// Background writeback waits for the probe to see the upstream
+		// again (it then starts writeback): the data stays dirty and
+		// pinned, and the flusher is not held up for Timeout per try.
+		return 0, errUpstreamDown
+	}
+	n, err := w.writePages(ctx, ino, extents)
+	if err != nil {
+		w.s.noteErr(err)
+	}
+	return n, err
+}
+
+func (w wbFilesystem) writePages(ctx context.Context, ino *inode, extents []writeback.Extent) (int64, error) {
 	// Hold a use for the reads below, pinned or not.
 	if err := ino.ck.Use(false); err != nil {
 		return 0, err

@@ -1,6 +1,7 @@
 package billyfs
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -129,7 +130,8 @@ func (f *FS) create(rel string, flag int, perm os.FileMode) (node, bool, error) 
 	for attempt := 0; attempt < 3; attempt++ {
 		// First try to create (one RPC for a new file); a name that
 		// exists is looked up after the guarded CREATE refused it.
-		if flag&os.O_EXCL == 0 && attempt > 0 {
+		// During an outage, look first: an existing file may be known.
+		if flag&os.O_EXCL == 0 && (attempt > 0 || s.upstreamDown()) {
 			n, err := s.lookup(ctx, dir, name)
 			if err == nil {
 				if n.attr.Type == client.TypeLnk {
@@ -142,7 +144,7 @@ func (f *FS) create(rel string, flag int, perm os.FileMode) (node, bool, error) 
 			}
 		}
 		r, err := s.clnt.Create(ctx, dir, name, client.CreateHow{Mode: client.Guarded, Attr: client.SetAttr{Mode: &mode}})
-		s.dropAttr(dir)
+		s.dirChanged(dir)
 		if errors.Is(err, syscall.EEXIST) && flag&os.O_EXCL == 0 {
 			continue // exists: open it
 		}
@@ -244,8 +246,8 @@ func (f *FS) Rename(from, to string) error {
 	_, _, err = s.clnt.Rename(ctx, fromDir, fromName, toDir, toName)
 	s.dropChild(fromDir, fromName)
 	s.dropChild(toDir, toName)
-	s.dropAttr(fromDir)
-	s.dropAttr(toDir)
+	s.dirChanged(fromDir)
+	s.dirChanged(toDir)
 	s.dropAttr(src.fh)
 	if err != nil {
 		return s.pathErr("rename", from, err)
@@ -289,14 +291,14 @@ func (f *FS) Remove(name string) error {
 		_, err = s.clnt.Remove(ctx, dir, base)
 	}
 	s.dropChild(dir, base)
-	s.dropAttr(dir)
+	s.dirChanged(dir)
 	if err != nil {
 		return s.pathErr("remove", name, err)
 	}
 	if n.attr.Type == client.TypeReg {
 		s.forgetInode(n.fh)
 	} else {
-		s.dropAttr(n.fh)
+		s.forgetAttr(n.fh)
 	}
 	return nil
 }
@@ -316,18 +318,30 @@ func (f *FS) ReadDir(name string) ([]os.FileInfo, error) {
 	if n.attr.Type != client.TypeDir {
 		return nil, s.pathErr("readdir", name, syscall.ENOTDIR)
 	}
-	ents, err := s.clnt.ReadDirAll(ctx, n.fh)
+	var ents []client.DirEntry
+	stale := false
+	err = s.revalidate(ctx, func(ctx context.Context) error {
+		got, err := s.clnt.ReadDirAll(ctx, n.fh)
+		ents = got
+		return err
+	}, func() bool {
+		ents, stale = s.staleListing(n.fh)
+		return stale
+	})
 	if err != nil {
 		return nil, s.pathErr("readdir", name, err)
 	}
 	out := make([]os.FileInfo, 0, len(ents))
+	var l listing
 	for _, e := range ents {
 		var a client.Attr
 		switch {
 		case e.Attr != nil && e.Handle != nil:
 			a = *e.Attr
-			s.putChild(n.fh, e.Name, e.Handle)
-			s.putAttr(e.Handle, e.Attr)
+			if !stale { // a stale answer must not look freshly validated
+				s.putChild(n.fh, e.Name, e.Handle)
+				s.putAttr(e.Handle, e.Attr)
+			}
 		default:
 			c, err := s.lookup(ctx, n.fh, e.Name)
 			if errors.Is(err, syscall.ENOENT) {
@@ -338,10 +352,40 @@ func (f *FS) ReadDir(name string) ([]os.FileInfo, error) {
 			}
 			e.Handle, a = c.fh, c.attr
 		}
+		l.names = append(l.names, e.Name)
+		l.handles = append(l.handles, e.Handle)
 		out = append(out, s.info(e.Name, e.Handle, a))
+	}
+	if s.serveStale() && !stale {
+		l.at = time.Now()
+		s.mu.Lock()
+		s.listings[string(n.fh)] = l
+		s.mu.Unlock()
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
 	return out, nil
+}
+
+// staleListing rebuilds dir's entries from its last listing and the
+// attributes last validated for them, if an outage lets them stand in (all
+// of them: a partial listing would be a wrong one).
+func (s *state) staleListing(dir client.Handle) ([]client.DirEntry, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.listings[string(dir)]
+	if !ok || !s.staleOK(l.at) {
+		return nil, false
+	}
+	ents := make([]client.DirEntry, len(l.names))
+	for i, name := range l.names {
+		a, ok := s.attrs[string(l.handles[i])]
+		if !ok || !s.staleOK(a.at) {
+			return nil, false
+		}
+		attr := a.attr
+		ents[i] = client.DirEntry{Name: name, Handle: l.handles[i], Attr: &attr, FileID: attr.FileID}
+	}
+	return ents, true
 }
 
 // MkdirAll creates a directory and its missing parents with perm.
@@ -404,7 +448,7 @@ func (f *FS) Symlink(target, link string) error {
 	}
 	mode := uint32(0o777)
 	r, err := s.clnt.Symlink(ctx, dir, name, target, client.SetAttr{Mode: &mode})
-	s.dropAttr(dir)
+	s.dirChanged(dir)
 	if err != nil {
 		return s.pathErr("symlink", link, err)
 	}
@@ -431,7 +475,7 @@ func (f *FS) Readlink(link string) (string, error) {
 	if n.attr.Type != client.TypeLnk {
 		return "", s.pathErr("readlink", link, syscall.EINVAL)
 	}
-	target, _, err := s.clnt.Readlink(ctx, n.fh)
+	target, err := s.readlink(ctx, n.fh)
 	if err != nil {
 		return "", s.pathErr("readlink", link, err)
 	}

@@ -47,6 +47,23 @@ type Options struct {
 	// possibly their backing fds in the fscache LRU) stay in memory;
 	// default 1024.
 	MaxInodes int
+	// ServeStale keeps the FS serving through an upstream outage: when the
+	// upstream stops answering (no reply, connection lost or refused),
+	// attributes, names, directory listings, symbolic link targets and
+	// FSSTAT last validated within ServeStale are used instead of asking
+	// it, and file data cached for them is read from the cache. Other
+	// calls (reads of uncached data, creates, removes, COMMIT...) still
+	// wait for the upstream up to Timeout and then fail with EIO. Writes
+	// go into the cache as usual and are written back once the upstream
+	// answers again; nothing dirty is dropped. 0 (the default) is off:
+	// every call waits for the upstream up to Timeout, nothing stale is
+	// served.
+	ServeStale time.Duration
+	// OutageDetect is, with ServeStale, how long a revalidation waits for
+	// the upstream before the upstream is declared down and the last
+	// validated answer is used, and the timeout of the NULL probe that
+	// detects its return; default 3 s (at most Timeout).
+	OutageDetect time.Duration
 	// Logger receives diagnostics; nil discards.
 	Logger *slog.Logger
 }
@@ -66,6 +83,13 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 60 * time.Second
+	}
+	if o.OutageDetect <= 0 {
+		o.OutageDetect = 3 * time.Second
+	}
+	o.OutageDetect = min(o.OutageDetect, o.Timeout)
+	if o.ServeStale < 0 {
+		o.ServeStale = 0
 	}
 	if o.ReadAhead <= 0 {
 		o.ReadAhead = 8 << 20

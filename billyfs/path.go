@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/go-git/go-billy/v5"
 	"github.com/nfscache/nfscache/client"
@@ -92,7 +93,7 @@ func (s *state) walk(ctx context.Context, base, full string, followFinal bool) (
 			if follows > maxSymlinkFollows {
 				return node{}, syscall.ELOOP
 			}
-			target, _, err := s.clnt.Readlink(ctx, child.fh)
+			target, err := s.readlink(ctx, child.fh)
 			if err != nil {
 				return node{}, err
 			}
@@ -138,26 +139,83 @@ func (s *state) lookup(ctx context.Context, dir client.Handle, name string) (nod
 		}
 		a, err := s.getattr(ctx, fh, true)
 		if err == nil {
-			return node{fh: fh, attr: a, fresh: true}, nil
+			return node{fh: fh, attr: a, fresh: !s.upstreamDown()}, nil
+		}
+		if isConnErr(err) {
+			return node{}, err // nothing learnt about the name
 		}
 		s.dropChild(dir, name)
 		if !errors.Is(err, syscall.ESTALE) {
 			return node{}, err
 		}
 	}
-	r, err := s.clnt.Lookup(ctx, dir, name)
+	var out node
+	err := s.revalidate(ctx, func(ctx context.Context) error {
+		r, err := s.clnt.Lookup(ctx, dir, name)
+		if err != nil {
+			return err
+		}
+		var a client.Attr
+		if r.Attr != nil {
+			a = *r.Attr
+			s.putAttr(r.Handle, r.Attr)
+		} else if a, err = s.getattr(ctx, r.Handle, true); err != nil {
+			return err
+		}
+		s.putChild(dir, name, r.Handle)
+		out = node{fh: r.Handle, attr: a, fresh: true}
+		return nil
+	}, func() bool {
+		fh, ok := s.staleChild(dir, name)
+		if !ok {
+			return false
+		}
+		a, ok := s.staleAttr(fh)
+		out = node{fh: fh, attr: a}
+		return ok
+	})
 	if err != nil {
 		return node{}, err
 	}
-	var a client.Attr
-	if r.Attr != nil {
-		a = *r.Attr
-		s.putAttr(r.Handle, r.Attr)
-	} else if a, err = s.getattr(ctx, r.Handle, true); err != nil {
-		return node{}, err
+	return out, nil
+}
+
+// staleChild is the last handle validated for dir/name if an outage lets
+// it stand in.
+func (s *state) staleChild(dir client.Handle, name string) (client.Handle, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.dentries[dkey(dir, name)]
+	if !ok || !s.staleOK(d.at) {
+		return nil, false
 	}
-	s.putChild(dir, name, r.Handle)
-	return node{fh: r.Handle, attr: a, fresh: true}, nil
+	return d.fh, true
+}
+
+// readlink returns a symbolic link's target (READLINK), or during an
+// outage the one last read.
+func (s *state) readlink(ctx context.Context, fh client.Handle) (string, error) {
+	var target string
+	err := s.revalidate(ctx, func(ctx context.Context) error {
+		t, _, err := s.clnt.Readlink(ctx, fh)
+		if err != nil {
+			return err
+		}
+		target = t
+		if s.serveStale() {
+			s.mu.Lock()
+			s.links[string(fh)] = linkEntry{target: t, at: time.Now()}
+			s.mu.Unlock()
+		}
+		return nil
+	}, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		l, ok := s.links[string(fh)]
+		target = l.target
+		return ok && s.staleOK(l.at)
+	})
+	return target, err
 }
 
 // parentOf splits rel into its parent (relative) and final name.
@@ -222,7 +280,7 @@ func (f *FS) mkdirAll(ctx context.Context, rel string, perm uint32) error {
 	}
 	mode := perm & 0o7777
 	r, err := f.s.clnt.Mkdir(ctx, pn.fh, name, client.SetAttr{Mode: &mode})
-	f.s.dropAttr(pn.fh)
+	f.s.dirChanged(pn.fh)
 	if errors.Is(err, syscall.EEXIST) {
 		n, err := f.resolve(ctx, rel, true)
 		if err != nil {
