@@ -118,9 +118,10 @@
 // than ServeStale counted from its last validation with the upstream; past
 // that, calls fail (EIO) instead of answering. Changes made on the
 // upstream by other clients during the outage are not seen until it is
-// back (they cannot be), and the data written here meanwhile meets them
-// at writeback exactly as after a crash: see "Crash safety" for how a
-// conflicting remote change is kept apart.
+// back (they cannot be); data written here meanwhile is written back over
+// them (last writer wins, as with the Linux client's writeback). If the
+// process dies during the outage, the dirty records make the next New
+// write the data back, or keep it apart as a conflict (see "Crash safety").
 //
 // # Paths
 //

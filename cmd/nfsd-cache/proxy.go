@@ -38,7 +38,8 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	attrTimeout := fl.Duration("attr-timeout", 0, "how long upstream attributes and names are cached; opens always revalidate (default 3s, negative: never cache)")
 	upTimeout := fl.Duration("upstream-timeout", 0, "how long a call to the upstream waits and retries (through reconnects) before failing with a timeout error (default 60s)")
 	conns := fl.Int("connections", 0, "TCP connections to the upstream (nconnect, default 4)")
-	serveStale := fl.Duration("serve-stale", 0, "during an upstream outage, keep serving cached data this long (default 0: off)")
+	serveStale := fl.Duration("serve-stale", 0, "during an upstream outage, answer from cached attributes, names and data validated at most this long ago (default 0: off)")
+	outageDetect := fl.Duration("outage-detect", 0, "with --serve-stale: how long a revalidation waits for the upstream before it is declared down (default 3s)")
 	allow := fl.String("allow", "", "comma-separated client networks allowed to connect, e.g. 10.0.0.0/8 (default: loopback only)")
 	metricsAddr := fl.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 (default: off)")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
@@ -56,6 +57,12 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		"    client's COMMIT returns only once the data is on the upstream.",
 		"  - File handles persist in --state-dir, so clients keep working across",
 		"    proxy restarts. SIGINT/SIGTERM flush every dirty byte before exit.",
+		"  - Upstream outage: calls that need the upstream wait (reconnecting",
+		"    by itself) up to --upstream-timeout, then fail. With --serve-stale D,",
+		"    files, names and listings validated within D keep being served",
+		"    from the cache; writes are kept dirty in the cache and written",
+		"    back when the upstream returns; other calls fail with EIO after",
+		"    --upstream-timeout. Outage start and end are logged once.",
 		"",
 		"Example:",
 		"  nfsd-cache proxy --upstream filer:2049:/export --cache-dir /var/cache/nfs \\",
@@ -82,11 +89,11 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 			return bad("--cache-max-size: %v", err)
 		}
 	}
-	if *serveStale != 0 {
-		// Serving cached data while the upstream is unreachable needs
-		// billyfs to fall back on the cache when revalidation fails; it
-		// does not do that yet, and pretending would hide an outage.
-		return bad("--serve-stale is not supported yet: billyfs cannot serve cached data without revalidating against the upstream")
+	if *serveStale < 0 {
+		return bad("--serve-stale: %v is negative", *serveStale)
+	}
+	if *outageDetect < 0 {
+		return bad("--outage-detect: %v is negative", *outageDetect)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -129,6 +136,8 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		AttrTimeout:   *attrTimeout,
 		Connections:   *conns,
 		Timeout:       *upTimeout,
+		ServeStale:    *serveStale,
+		OutageDetect:  *outageDetect,
 		Logger:        log,
 	})
 	cancel()
