@@ -150,19 +150,41 @@ func (t *handleTable) attach(c *exportCore) {
 	c.open.table = t
 }
 
-// statxKey stats p (not following a final symlink) relative to its
-// parent directory, opened inside root (rootDir for top-level names).
+// statxKey stats p without following a final symlink: top-level names
+// with one statx relative to the root directory, deeper paths through an
+// O_PATH fd opened with openat2(RESOLVE_BENEATH) (the kernel keeps the
+// walk inside the root and refuses absolute symlinks and "..", as
+// os.Root does; three syscalls whatever the depth), or, on kernels
+// without openat2, relative to the parent directory opened through
+// os.Root.
 func statxKey(root *os.Root, rootDir *os.File, p string) (fileKey, bool) {
+	var st unix.Statx_t
 	dir, name := path.Split(p)
-	d := rootDir
-	if dir != "" {
-		var err error
-		if d, err = root.Open(strings.TrimSuffix(dir, "/")); err != nil {
+	if dir == "" {
+		if err := unix.Statx(int(rootDir.Fd()), name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st); err != nil {
 			return fileKey{}, false
 		}
-		defer d.Close()
+		return keyOfStatx(&st), true
 	}
-	var st unix.Statx_t
+	fd, err := unix.Openat2(int(rootDir.Fd()), p, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err == nil {
+		defer unix.Close(fd)
+		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW, statxMask, &st); err != nil {
+			return fileKey{}, false
+		}
+		return keyOfStatx(&st), true
+	}
+	if !errors.Is(err, unix.ENOSYS) {
+		return fileKey{}, false
+	}
+	d, err := root.Open(strings.TrimSuffix(dir, "/"))
+	if err != nil {
+		return fileKey{}, false
+	}
+	defer d.Close()
 	if err := unix.Statx(int(d.Fd()), name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st); err != nil {
 		return fileKey{}, false
 	}
