@@ -40,6 +40,7 @@ const (
 	fdlimAddrEnv  = "NFSCACHE_FDLIMIT_ADDR"  // billyfs child: server address
 	fdlimDirEnv   = "NFSCACHE_FDLIMIT_DIR"   // cache dir (billyfs) or export dir (server)
 	fdlimOpenEnv  = "NFSCACHE_FDLIMIT_OPEN"  // server child: server.Options.MaxOpenFiles
+	fdlimStateEnv = "NFSCACHE_FDLIMIT_STATE" // server and proxy children: server state dir (the parent's: a killed child cleans nothing up)
 	fdlimNofile   = 128
 	fdlimFiles    = 500 // files created, written and read: ~4× the limit
 	fdlimWindow   = 200 // billy.Files open at once
@@ -104,10 +105,6 @@ func fdlimStart(t *testing.T, test string, env ...string) *fdlimChild {
 	c := &fdlimChild{cmd: cmd, lines: make(chan string, 64), stderr: &pxLog{}, stop: make(chan struct{}), sampled: make(chan struct{})}
 	cmd.Stderr = c.stderr
 	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdin, err = os.Open(os.DevNull)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,12 +388,12 @@ func TestFDLimitServer(t *testing.T) {
 	}
 	t.Run("MaxOpenFiles=64", func(t *testing.T) {
 		dir := t.TempDir()
-		fdlimServeRun(t, "server", dir, 64, fdlimStart(t, "TestFDLimitServer", fdlimChildEnv+"=server", fdlimDirEnv+"="+dir, fdlimOpenEnv+"=64"))
+		fdlimServeRun(t, "server", dir, 64, fdlimStart(t, "TestFDLimitServer", fdlimChildEnv+"=server", fdlimDirEnv+"="+dir, fdlimOpenEnv+"=64", fdlimStateEnv+"="+t.TempDir()))
 	})
 	if *fdlimBugs {
 		t.Run("default", func(t *testing.T) {
 			dir := t.TempDir()
-			fdlimServeRun(t, "server", dir, 0, fdlimStart(t, "TestFDLimitServer", fdlimChildEnv+"=server", fdlimDirEnv+"="+dir, fdlimOpenEnv+"=0"))
+			fdlimServeRun(t, "server", dir, 0, fdlimStart(t, "TestFDLimitServer", fdlimChildEnv+"=server", fdlimDirEnv+"="+dir, fdlimOpenEnv+"=0", fdlimStateEnv+"="+t.TempDir()))
 		})
 	}
 }
@@ -538,7 +535,7 @@ func TestFDLimitProxy(t *testing.T) {
 		return
 	}
 	up := bfsStartServer(t)
-	fdlimServeRun(t, "proxy", up.Dir, 0, fdlimStart(t, "TestFDLimitProxy", fdlimChildEnv+"=proxy", fdlimAddrEnv+"="+up.Addr, fdlimDirEnv+"="+t.TempDir()))
+	fdlimServeRun(t, "proxy", up.Dir, 0, fdlimStart(t, "TestFDLimitProxy", fdlimChildEnv+"=proxy", fdlimAddrEnv+"="+up.Addr, fdlimDirEnv+"="+t.TempDir(), fdlimStateEnv+"="+t.TempDir()))
 }
 
 func fdlimProxyChild(t *testing.T) {
@@ -550,7 +547,7 @@ func fdlimProxyChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(fsys, server.Options{StateDir: t.TempDir(), Logger: log})
+	srv, err := server.New(fsys, server.Options{StateDir: os.Getenv(fdlimStateEnv), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -570,7 +567,7 @@ func fdlimServerChild(t *testing.T) {
 	}
 	maxOpen, _ := strconv.Atoi(os.Getenv(fdlimOpenEnv))
 	srv, err := server.New(osfs.New(os.Getenv(fdlimDirEnv), osfs.WithBoundOS()), server.Options{
-		StateDir:     t.TempDir(),
+		StateDir:     os.Getenv(fdlimStateEnv),
 		MaxOpenFiles: maxOpen,
 		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
