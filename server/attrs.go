@@ -142,8 +142,14 @@ func (l *attrLog) add(fi os.FileInfo) {
 	}
 }
 
+// addList logs a listing. A listing without extra attributes (judged by
+// its first entry: a filesystem either provides them or not) is skipped,
+// so unmatched lookups never scan it.
 func (l *attrLog) addList(list []os.FileInfo) {
-	if len(list) > 0 {
+	if len(list) == 0 {
+		return
+	}
+	if _, ok := attrsOf(list[0]); ok {
 		l.lists = append(l.lists, list)
 		l.cursors = append(l.cursors, 0)
 	}

@@ -15,6 +15,7 @@ import (
 	billy "github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
 	"github.com/nfscache/nfscache/client"
+	nfs "github.com/willscott/go-nfs"
 )
 
 func dialClient(t *testing.T, addr string) *client.Client {
@@ -646,4 +647,113 @@ func TestPatchReplyTruncated(t *testing.T) {
 			}
 		}
 	}
+}
+
+// BenchmarkAttrPaths measures the calls whose replies carry attributes:
+// READ and WRITE (the transport's fast path, fattr3 encoded by fileAttr)
+// and GETATTR and LOOKUP (relayed to go-nfs, reply walked by patchReply).
+// Run the same benchmark on the previous commit for the baseline.
+func BenchmarkAttrPaths(b *testing.B) {
+	dir := b.TempDir()
+	fsys := osfs.New(dir, osfs.WithBoundOS())
+	const size = 4 << 20
+	if err := os.WriteFile(filepath.Join(dir, "f"), make([]byte, size), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	_, addr := startServer(b, fsys, Options{})
+	ctx := context.Background()
+	c, err := client.Dial(ctx, addr, client.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	lk, err := c.Lookup(ctx, c.Root(), "f")
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := lk.Handle
+	for _, n := range []int{4 << 10, 1 << 20} {
+		buf := make([]byte, n)
+		b.Run(fmt.Sprintf("READ/%dKiB", n>>10), func(b *testing.B) {
+			b.SetBytes(int64(n))
+			for i := 0; b.Loop(); i++ {
+				if _, err := c.Read(ctx, h, uint64(i*n%size), buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("WRITE/%dKiB", n>>10), func(b *testing.B) {
+			b.SetBytes(int64(n))
+			for i := 0; b.Loop(); i++ {
+				if _, err := c.Write(ctx, h, uint64(i*n%size), buf, client.Unstable); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	b.Run("GETATTR", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.Getattr(ctx, h); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("LOOKUP", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.Lookup(ctx, c.Root(), "f"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkAttrEncoding isolates the added CPU per reply: fileAttr
+// against go-nfs's ToFileAttribute (the fast path's fattr3), and
+// patchReply on a LOOKUP reply (two fattr3s) against the copy of the
+// reply it patches.
+func BenchmarkAttrEncoding(b *testing.B) {
+	dir := b.TempDir()
+	p := filepath.Join(dir, "f")
+	os.WriteFile(p, []byte("x"), 0o644)
+	fi, err := os.Lstat(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dfi, _ := os.Lstat(dir)
+	b.Run("ToFileAttribute", func(b *testing.B) {
+		for b.Loop() {
+			_ = nfs.ToFileAttribute(fi, "f")
+		}
+	})
+	b.Run("fileAttr", func(b *testing.B) {
+		for b.Loop() {
+			_ = fileAttr(fi, "f")
+		}
+	})
+	be := binary.BigEndian
+	reply := appendAcceptedHeader(nil, 1, acceptSuccess)
+	reply = be.AppendUint32(reply, 0)
+	reply = be.AppendUint32(reply, 32)
+	reply = append(reply, make([]byte, 32)...)
+	reply = appendPostOpAttr(reply, fi, "f")
+	reply = appendPostOpAttr(reply, dfi, "")
+	work := make([]byte, len(reply))
+	var log attrLog
+	b.Run("copy", func(b *testing.B) {
+		for b.Loop() {
+			copy(work, reply)
+		}
+	})
+	b.Run("copy+patchReply", func(b *testing.B) {
+		for b.Loop() {
+			copy(work, reply)
+			log.add(dfi)
+			log.add(fi)
+			log.add(fi)
+			if err := patchReply(work, ProcLookup, &log); err != nil {
+				b.Fatal(err)
+			}
+			log.reset()
+		}
+	})
 }
