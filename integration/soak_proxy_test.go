@@ -29,7 +29,7 @@ import (
 	"github.com/nfscache/nfscache/server"
 )
 
-var soakProxyFor = flag.Duration("soak.proxy", 20*time.Second, "duration of TestSoakProxyMixedClients")
+var soakProxyFor = flag.Duration("soak.proxy", 12*time.Second, "duration of each of TestSoakProxyMixedClients's two subtests")
 
 // soakProxy is the proxy assembled in-process as `nfsd-cache proxy` does
 // it: billyfs (with a cache) over the upstream, exported by our server.
@@ -43,11 +43,12 @@ type soakProxy struct {
 	closeErr error
 }
 
-func soakStartProxy(t *testing.T, upstream string) *soakProxy {
+func soakStartProxy(t *testing.T, upstream string, opts billyfs.Options) *soakProxy {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	fsys, err := billyfs.New(ctx, billyfs.Options{Addr: upstream, CacheDir: t.TempDir()})
+	opts.Addr, opts.CacheDir = upstream, t.TempDir()
+	fsys, err := billyfs.New(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,8 +94,11 @@ func (p *soakProxy) Close() error {
 // concurrent clients — 16 of ours, 16 go-nfs-client mounts — on a proxy
 // (billyfs with a cache over an upstream server, re-exported by our
 // server), each doing create / write / read (verified against its model)
-// / rename / remove / readdir on its own files for -soak.proxy (20 s by
-// default). At the end every file matches the model read through the
+// / rename / remove / readdir on its own files for -soak.proxy (12 s by
+// default) — once with billyfs's default Options and once with a tight
+// cache (8 backing fds, 256 KiB dirty limit, 50 ms dirty expiry, 16 idle
+// inodes) so that fd eviction, pin pressure and writer throttling run all
+// the time. At the end every file matches the model read through the
 // proxy by a fresh client, and — after the proxy's billyfs Sync — on the
 // upstream's export directory, which holds exactly the model's files.
 // Once the clients are closed the process's goroutines, fds and heap are
@@ -105,8 +109,15 @@ func (p *soakProxy) Close() error {
 // READ/WRITE buffers of two servers and a client, bbolt pages, billyfs's
 // attribute and name caches).
 func TestSoakProxyMixedClients(t *testing.T) {
+	t.Run("default-options", func(t *testing.T) { soakProxyRun(t, billyfs.Options{}) })
+	t.Run("tight-cache", func(t *testing.T) {
+		soakProxyRun(t, billyfs.Options{MaxOpenFiles: 8, DirtyLimitBytes: 256 << 10, DirtyExpire: 50 * time.Millisecond, MaxInodes: 16})
+	})
+}
+
+func soakProxyRun(t *testing.T, opts billyfs.Options) {
 	up := relStart(t, server.Options{MaxOpenFiles: 64}, nil)
-	px := soakStartProxy(t, up.Addr)
+	px := soakStartProxy(t, up.Addr, opts)
 	ctx, cancel := context.WithTimeout(context.Background(), *soakProxyFor+3*time.Minute)
 	defer cancel()
 	// Warm up one client of each kind (lazily started lanes, pools), then
