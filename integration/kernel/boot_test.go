@@ -24,6 +24,7 @@ type guestRun struct {
 
 	mu     sync.Mutex
 	lines  []string // serial console, escape codes stripped
+	timed  []string // the same, each with the host's time of arrival
 	plans  map[string][]string
 	checks map[string]string // "variant/check" → "ok..." or "FAIL ..."
 	statfs map[string][]statfsFigures
@@ -121,6 +122,7 @@ func bootGuest(t *testing.T, k kernelEnv, initrd, phase string, onPause func(*gu
 		now := time.Since(start)
 		g.mu.Lock()
 		g.lines = append(g.lines, line)
+		g.timed = append(g.timed, time.Now().Format("15:04:05.000 ")+line)
 		g.mu.Unlock()
 		if g.firstLineAt == 0 {
 			g.firstLineAt = now

@@ -76,7 +76,7 @@
 // entry removed. Any other failure fails the test.
 //
 // Knobs: NFSCACHE_KERNEL_VARIANTS (default "serve,proxy"; one variant alone
-// isolates it when investigating), NFSCACHE_KERNEL_BIG_MIB (default 32) and
+// isolates it when investigating), NFSCACHE_KERNEL_BIG_MIB (default 16) and
 // NFSCACHE_KERNEL_DIR_ENTRIES (default 10000) scale the large file and the
 // big directory. NFSCACHE_KERNEL_ROOT names the prepared kernel (its
 // directory or the cache directory above it).

@@ -3,7 +3,9 @@
 package kernel
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -34,11 +36,17 @@ type rpcSniffer struct {
 	failed  []string       // every reply other than OK/NOENT, in order, bounded
 	orphans int            // replies whose call the relay did not see
 	conns   []net.Conn
+	// full, when tracing (NFSCACHE_KERNEL_TRACE), is every NFS exchange
+	// with handles, names and the attributes in the reply.
+	tracing bool
+	full    []string
 }
 
 type callInfo struct {
 	prog, proc uint32
 	detail     string
+	args       string // tracing: handles, names, offsets
+	at         time.Time
 }
 
 const (
@@ -221,6 +229,10 @@ func (s *rpcSniffer) onCall(rec []byte) {
 	if prog == progNFS && vers != 3 {
 		info.detail = fmt.Sprintf("version %d", vers)
 	}
+	if s.tracing && prog == progNFS {
+		info.args = traceArgs(proc, &xdrReader{b: x.b})
+		info.at = time.Now()
+	}
 	if prog == progNFS && (proc == 16 || proc == 17) {
 		x.opaque() // dir handle
 		cookie := x.u64()
@@ -279,11 +291,18 @@ func (s *rpcSniffer) onReply(rec []byte) {
 			outcome = "SUCCESS"
 		}
 	}
+	var res string
+	if s.tracing && info.prog == progNFS && outcome == "NFS3_OK" {
+		res = traceResult(info.proc, &xdrReader{b: x.b})
+	}
 	if info.prog == progNFS && (info.proc == 16 || info.proc == 17) && outcome == "NFS3_OK" {
 		outcome += " " + readdirSummary(x, info.proc == 17)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.tracing && info.prog == progNFS {
+		s.full = append(s.full, fmt.Sprintf("%s %s %s → %s %s", info.at.Format("15:04:05.000"), name, info.args, outcome, res))
+	}
 	key := name + " → " + strings.Fields(outcome)[0]
 	if info.detail != "" && !strings.HasPrefix(info.detail, "cookie=") {
 		key += " (" + info.detail + ")"
@@ -380,6 +399,111 @@ func (s *rpcSniffer) report() (counts, readdir, failed []string) {
 	s.counts = map[string]int{}
 	s.readdir, s.failed, s.orphans = nil, nil, 0
 	return counts, readdir, failed
+}
+
+// takeTrace returns the full trace so far and starts a new one.
+func (s *rpcSniffer) takeTrace() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.full
+	s.full = nil
+	return t
+}
+
+// fhID names a file handle in a trace: a short hash of its bytes.
+func fhID(fh []byte) string {
+	sum := sha256.Sum256(fh)
+	return "fh:" + hex.EncodeToString(sum[:4])
+}
+
+// traceArgs decodes the arguments of an NFSv3 call for the trace.
+func traceArgs(proc uint32, x *xdrReader) string {
+	fh := fhID(x.opaque())
+	var out string
+	switch proc {
+	case 3, 8, 9, 10, 11, 12, 13: // LOOKUP CREATE MKDIR SYMLINK MKNOD REMOVE RMDIR: diropargs
+		out = fmt.Sprintf("%s/%q", fh, x.opaque())
+	case 14: // RENAME
+		from := x.opaque()
+		to := fhID(x.opaque())
+		out = fmt.Sprintf("%s/%q → %s/%q", fh, from, to, x.opaque())
+	case 15: // LINK
+		dir := fhID(x.opaque())
+		out = fmt.Sprintf("%s as %s/%q", fh, dir, x.opaque())
+	case 6, 7, 21: // READ WRITE COMMIT
+		off := x.u64()
+		out = fmt.Sprintf("%s off=%d count=%d", fh, off, x.u32())
+		if proc == 7 {
+			out += fmt.Sprintf(" stable=%d", x.u32())
+		}
+	default:
+		out = fh
+	}
+	if x.err != nil {
+		out += " (truncated)"
+	}
+	return out
+}
+
+// fattrString decodes a fattr3 (RFC 1813 §2.6) for the trace.
+func fattrString(x *xdrReader) string {
+	typ, mode, nlink := x.u32(), x.u32(), x.u32()
+	x.u32()
+	x.u32() // uid gid
+	size := x.u64()
+	x.u64()
+	x.u64()
+	x.u64() // used rdev fsid
+	fileid := x.u64()
+	t := func() string { s := x.u32(); n := x.u32(); return fmt.Sprintf("%d.%09d", s, n) }
+	atime, mtime, ctime := t(), t(), t()
+	if x.err != nil {
+		return "(attr truncated)"
+	}
+	return fmt.Sprintf("{type=%d mode=%o nlink=%d size=%d fileid=%d atime=%s mtime=%s ctime=%s}", typ, mode, nlink, size, fileid, atime, mtime, ctime)
+}
+
+func postOpAttr(x *xdrReader) string {
+	if x.u32() == 0 {
+		return "-"
+	}
+	return fattrString(x)
+}
+
+func wccString(x *xdrReader) string {
+	if x.u32() != 0 {
+		x.skip(24) // wcc_attr: size, mtime, ctime
+	}
+	return postOpAttr(x)
+}
+
+// traceResult decodes the interesting part of an NFS3_OK reply (the
+// status is already consumed).
+func traceResult(proc uint32, x *xdrReader) string {
+	switch proc {
+	case 1: // GETATTR
+		return fattrString(x)
+	case 2, 21: // SETATTR COMMIT
+		return "obj " + wccString(x)
+	case 3: // LOOKUP
+		fh := fhID(x.opaque())
+		return fh + " " + postOpAttr(x)
+	case 7: // WRITE
+		return "obj " + wccString(x) + fmt.Sprintf(" count=%d committed=%d", x.u32(), x.u32())
+	case 8, 9, 10: // CREATE MKDIR SYMLINK
+		fh := "-"
+		if x.u32() != 0 {
+			fh = fhID(x.opaque())
+		}
+		return fh + " " + postOpAttr(x)
+	case 12, 13: // REMOVE RMDIR
+		return "dir " + wccString(x)
+	case 15: // LINK
+		return "obj " + postOpAttr(x)
+	case 6: // READ
+		return "obj " + postOpAttr(x)
+	}
+	return ""
 }
 
 // unimplemented returns the counted outcomes that mean the server lacks a

@@ -134,6 +134,15 @@ func expectMode(name string, want os.FileMode) error {
 	return nil
 }
 
+// inode returns the inode number (the NFS fileid) of name (lstat).
+func inode(name string) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(name, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
 // expectMissing checks that name does not exist (ENOENT, not ESTALE or EIO).
 func expectMissing(name string) error {
 	_, err := os.Lstat(name)
