@@ -180,14 +180,8 @@ func (s *state) sync(ctx context.Context) error {
 	var errs []error
 	if s.flusher != nil {
 		err := s.flusher.SyncAll(ctx)
-		if err != nil {
-			clean := true
-			for _, ino := range s.liveInodes() {
-				clean = clean && !ino.dirty()
-			}
-			if s.healed(err, clean) {
-				err = nil
-			}
+		if err != nil && s.healed(err, s.allClean()) {
+			err = nil
 		}
 		errs = append(errs, err)
 	}
@@ -198,6 +192,16 @@ func (s *state) sync(ctx context.Context) error {
 		errs = append(errs, s.cache.SyncDirty())
 	}
 	return errors.Join(errs...)
+}
+
+// allClean reports whether no inode holds data not yet on the upstream.
+func (s *state) allClean() bool {
+	for _, ino := range s.liveInodes() {
+		if ino.dirty() {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *state) liveInodes() []*inode {
@@ -224,7 +228,11 @@ func (f *FS) Close() error {
 	var errs []error
 	if s.flusher != nil {
 		// Close writes back everything and stops the flusher.
-		errs = append(errs, s.flusher.Close())
+		err := s.flusher.Close()
+		if err != nil && s.healed(err, s.allClean()) {
+			err = nil
+		}
+		errs = append(errs, err)
 	}
 	for _, ino := range s.liveInodes() {
 		errs = append(errs, ino.commitThrough(s.ctx))

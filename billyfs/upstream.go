@@ -37,7 +37,8 @@ func isConnErr(err error) bool {
 	if err == nil {
 		return false
 	}
-	var ne net.Error
+	// Not net.Error: every syscall.Errno implements it, NFS3ERR_NOENT too.
+	var oe *net.OpError
 	switch {
 	case errors.Is(err, errUpstreamDown),
 		errors.Is(err, client.ErrConnLost),
@@ -46,7 +47,7 @@ func isConnErr(err error) bool {
 		errors.Is(err, syscall.ECONNREFUSED),
 		errors.Is(err, syscall.ECONNRESET),
 		errors.Is(err, syscall.EPIPE),
-		errors.As(err, &ne):
+		errors.As(err, &oe):
 		return true
 	}
 	return false
