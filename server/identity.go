@@ -19,6 +19,12 @@ import (
 // ESTALE). The server also stores it with the file's handle, so a handle
 // stops resolving when the name is reused by another file.
 //
+// NFSAccessTime and NFSChangeTime are reported as fattr3 atime and ctime
+// and as the ctime of wcc_attr (pre-operation attributes); SETATTR guards
+// are checked against NFSChangeTime. Clients validate their caches with
+// the ctime, so it should move with every change of data or metadata.
+// The FileInfo's ModTime is the mtime, Size the size (attrs.go).
+//
 // Concurrency: implementations are read-only values; the server calls
 // them from many goroutines.
 type RemoteAttributes interface {

@@ -70,3 +70,79 @@ func TestMemFSModTimes(t *testing.T) {
 		t.Fatalf("O_EXCL without O_CREATE: %v", err)
 	}
 }
+
+// NewMemFS's FileInfos carry RemoteAttributes: distinct fileids that stay
+// with a file across renames (a directory's descendants too) and are
+// never reused, and access and change times of their own.
+func TestMemFSIdentity(t *testing.T) {
+	m := NewMemFS()
+	id := func(p string) uint64 {
+		t.Helper()
+		fi, err := m.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ra, ok := fi.Sys().(RemoteAttributes)
+		if !ok {
+			t.Fatalf("%s: Sys() %T is not RemoteAttributes", p, fi.Sys())
+		}
+		return ra.NFSFileID()
+	}
+	f, err := m.Create("a/b/f") // memfs makes a and a/b too
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint64]string{}
+	for _, p := range []string{"", "a", "a/b", "a/b/f"} {
+		i := id(p)
+		if prev, dup := seen[i]; dup || i == 0 {
+			t.Fatalf("%q: fileid %d (also %q)", p, i, prev)
+		}
+		seen[i] = p
+	}
+	fid, bid := id("a/b/f"), id("a/b")
+	if err := m.Rename("a", "z"); err != nil {
+		t.Fatal(err)
+	}
+	if id("z/b/f") != fid || id("z/b") != bid {
+		t.Fatal("rename of an ancestor changed fileids")
+	}
+	// A file opened before the rename changes the renamed file.
+	time.Sleep(2 * time.Millisecond)
+	before, _ := m.Lstat("z/b/f")
+	f.Write([]byte("x"))
+	after, _ := m.Lstat("z/b/f")
+	if !after.ModTime().After(before.ModTime()) {
+		t.Fatal("write through a file opened before the rename did not move its mtime")
+	}
+	ra := after.Sys().(RemoteAttributes)
+	if !ra.NFSChangeTime().Equal(after.ModTime()) || !ra.NFSAccessTime().Before(after.ModTime()) {
+		t.Fatalf("after write: atime %v mtime %v ctime %v", ra.NFSAccessTime(), after.ModTime(), ra.NFSChangeTime())
+	}
+	// Chtimes sets atime and mtime, moves ctime; a zero time is left alone.
+	at := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+	ch := m.(interface {
+		Chtimes(string, time.Time, time.Time) error
+	})
+	if err := ch.Chtimes("z/b/f", at, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := m.Lstat("z/b/f")
+	ra = fi.Sys().(RemoteAttributes)
+	if !ra.NFSAccessTime().Equal(at) || !fi.ModTime().Equal(after.ModTime()) || !ra.NFSChangeTime().After(after.ModTime()) {
+		t.Fatalf("Chtimes(atime only): atime %v mtime %v ctime %v", ra.NFSAccessTime(), fi.ModTime(), ra.NFSChangeTime())
+	}
+	// A removed file's fileid is not given to the next file.
+	if err := m.Remove("z/b/f"); err != nil {
+		t.Fatal(err)
+	}
+	g, _ := m.Create("z/b/f")
+	g.Close()
+	if id("z/b/f") == fid {
+		t.Fatal("a new file got the removed file's fileid")
+	}
+	ents, _ := m.ReadDir("z/b")
+	if len(ents) != 1 || ents[0].Sys().(RemoteAttributes).NFSFileID() != id("z/b/f") {
+		t.Fatalf("ReadDir disagrees with Lstat: %v", ents)
+	}
+}
