@@ -59,14 +59,19 @@ var errStaleHandle = errors.New("server: stale file handle")
 // exported filesystem:
 //
 //   - resolve and lookup (every procedure except READ, WRITE and COMMIT,
-//     and every handle go-nfs hands out) lstat the path and compare: when
-//     another file now has that name (the file was removed or renamed
-//     away and the name reused, outside NFS), the old handle is STALE and
-//     its id is forgotten, so the new file gets a fresh id. A path with
-//     nothing at it resolves as before (the procedure reports it).
-//   - resolveData (READ, WRITE, COMMIT) does not lstat: those act on the
-//     open-file cache's fd, which checks the identity when it opens the
-//     file and refuses an fd whose inode lost its last link (openFiles).
+//     and every handle go-nfs hands out) stat the path (lstat semantics)
+//     on every call and compare: when another file now has that name
+//     (the file was removed or renamed away and the name reused, outside
+//     NFS), the old handle is STALE and its id is forgotten, so the new
+//     file gets a fresh id. A path with nothing at it resolves as before
+//     (the procedure reports it). What is not caught: a replacement
+//     between the check and the procedure's own filesystem call (a race
+//     knfsd has too), and one that reuses both the inode number and the
+//     birth time (a filesystem without birth times reusing the number).
+//   - resolveData (READ, WRITE, COMMIT) does not stat the path: those act
+//     on the open-file cache's fd, which checks the identity when it
+//     opens the file and refuses an fd whose inode lost its last link
+//     (see openFiles for the exact guarantee).
 //   - The root is never checked, and an id assigned before identities
 //     were recorded gets the identity seen at its next resolve.
 //
@@ -77,8 +82,8 @@ var errStaleHandle = errors.New("server: stale file handle")
 // Concurrency: safe for concurrent use. mu serialises table changes so a
 // rename's prefix rewrite and a concurrent assignment cannot interleave;
 // reads go straight to bbolt read transactions. bbolt is the only thing
-// called while mu is held; stat and stale are called without it. stat
-// and stale are set once by attach, before the server serves.
+// called while mu is held; keyAt and stale are called without it. keyAt,
+// stale and rootDir are set once by attach, before the server serves.
 type handleTable struct {
 	db     *bolt.DB
 	secret []byte

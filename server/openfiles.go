@@ -46,24 +46,24 @@ type openFile struct {
 // (fileIdentity) and local files for the link count:
 //
 //   - acquire, when it opens a file, compares the identity of the fd it
-//     got (statx/fstat of the fd) with the one the handle table recorded for the id; on
-//     a mismatch the id is forgotten and the call is STALE, so an old
-//     handle never opens the file that now has its name, and the new
-//     file's handle (a new id) opens the new inode.
-//   - Every WRITE checks (fstat) just before writing, every READ just
+//     got (statx or fstat of the fd) with the one the handle table
+//     recorded for the id; on a mismatch the id is forgotten and the call
+//     is STALE, so an old handle never opens the file that now has its
+//     name, and the new file's handle (a new id) opens the new inode.
+//   - Every WRITE checks (fstat) just after writing, every READ just
 //     after reading (the fstat of its post-op attributes), and every sync
 //     (COMMIT, DATA_SYNC/FILE_SYNC WRITE) just after fsync, that the
 //     fd's inode still has a link: one that has none answers STALE and
-//     the fd is not used again. A WRITE racing the unlink itself can land
-//     in the dying inode, but it is UNSTABLE data (a stable WRITE syncs
-//     and checks after writing), and the COMMIT that follows answers
-//     STALE: the client learns the data is lost, never silently.
+//     the fd is not used again. So a WRITE or COMMIT answered OK had its
+//     data land in a file that still had a name afterwards; a removal
+//     after that is an ordinary removal of written data. (A READ answered
+//     OK may have read a file unlinked during the read: harmless.)
 //   - A file renamed away outside NFS keeps its link, so its cached fd
 //     keeps serving it (as knfsd would) until evicted; other procedures,
 //     which go by path, already answer STALE (handleTable.resolve).
 //
-// Hit costs nothing but the WRITE's fstat; the identity is checked on a
-// miss only.
+// A hit costs one fstat per WRITE and nothing per READ (it reuses the
+// post-op fstat); the identity is checked on a miss only.
 //
 // Concurrency: safe for concurrent use. Lock order: openFiles.missMu, then
 // openFile.mu; the LRU's eviction callback runs outside the LRU's lock.
@@ -275,14 +275,26 @@ func (of *openFile) readAt(b []byte, off int64) (int, error) {
 	return n, err
 }
 
+// writeAt writes b at off, then checks (fstat) that the inode still has
+// a link: a WRITE answered OK put its data into a file that still had a
+// name once the data was in. Checking after the write rather than before
+// leaves no window in which an unlink can slip in unnoticed.
 func (of *openFile) writeAt(b []byte, off int64) (int, error) {
-	if fi, ok, err := of.fstat(); err != nil {
-		return 0, err
-	} else if ok {
-		if err := of.checkLinked(fi); err != nil {
-			return 0, err
-		}
+	if of.unlinked.Load() {
+		return 0, fmt.Errorf("%q was removed outside NFS: %w", of.path, errStaleHandle)
 	}
+	n, err := of.write(b, off)
+	if err != nil {
+		return n, err
+	}
+	fi, ok, err := of.fstat()
+	if err != nil || !ok {
+		return n, err
+	}
+	return n, of.checkLinked(fi)
+}
+
+func (of *openFile) write(b []byte, off int64) (int, error) {
 	if w, ok := of.f.(io.WriterAt); ok {
 		return w.WriteAt(b, off)
 	}
