@@ -398,11 +398,20 @@ func truncatePath(path string, size int64) error {
 // fd (an unpinned cookie with no I/O in flight, unused ones first), or waits
 // for one. An open of a pinned cookie's file after the pin opened it is a
 // writeback reopen, which must never happen; it is counted.
+//
+// The process may run out of descriptors before the cache reaches
+// MaxOpenFiles (RLIMIT_NOFILE is shared with the rest of the program). An
+// open that fails with EMFILE/ENFILE closes one evictable fd of the cache
+// and tries again, so the cache shrinks to the descriptors it can get
+// instead of stepping aside for every file; only when it has nothing left
+// to evict does the open fail with ErrCacheUnavailable (the caller then
+// goes to the server).
 func (c *Cache) ensureOpen(ck *Cookie) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.slotWaiters.Add(1)
 	defer c.slotWaiters.Add(-1)
+	var f *os.File
 	for {
 		if c.closed {
 			return ErrClosed
@@ -416,26 +425,27 @@ func (c *Cache) ensureOpen(ck *Cookie) error {
 		if open {
 			return nil
 		}
-		if c.openFiles < c.opts.MaxOpenFiles {
-			break
-		}
-		if c.evictOneLocked() {
+		if c.openFiles >= c.opts.MaxOpenFiles {
+			if !c.evictOneLocked() {
+				c.st.slotWaits.Add(1)
+				c.slotFree.Wait()
+			}
 			continue
 		}
-		c.st.slotWaits.Add(1)
-		c.slotFree.Wait()
-	}
-	ck.mu.Lock()
-	f, err := os.OpenFile(ck.path, os.O_RDWR|os.O_CREATE, 0o600)
-	if errors.Is(err, os.ErrNotExist) {
-		if err = os.MkdirAll(filepath.Dir(ck.path), 0o700); err == nil {
-			f, err = os.OpenFile(ck.path, os.O_RDWR|os.O_CREATE, 0o600)
+		var err error
+		f, err = openBacking(ck.path)
+		if err == nil {
+			break
 		}
-	}
-	if err != nil {
-		ck.mu.Unlock()
+		if isFDExhausted(err) {
+			c.st.fdExhausted.Add(1)
+			if c.evictOneLocked() {
+				continue
+			}
+		}
 		return fmt.Errorf("%w: open backing file: %w", ErrCacheUnavailable, err)
 	}
+	ck.mu.Lock()
 	ck.file = f
 	c.openFiles++
 	c.st.opens.Add(1)
@@ -455,6 +465,23 @@ func (c *Cache) ensureOpen(ck *Cookie) error {
 		c.st.peakOpenFiles.Store(int64(c.openFiles))
 	}
 	return nil
+}
+
+// openBacking opens (creating) a backing file and its fan-out directory.
+func openBacking(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if errors.Is(err, os.ErrNotExist) {
+		if err = os.MkdirAll(filepath.Dir(path), 0o700); err == nil {
+			f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		}
+	}
+	return f, err
+}
+
+// isFDExhausted: the process (EMFILE) or the system (ENFILE) is out of
+// file descriptors.
+func isFDExhausted(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }
 
 // evictOneLocked closes one evictable fd; c.mu is held. Unused cookies go

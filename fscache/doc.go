@@ -86,6 +86,13 @@
 // open-file count was checked against the bound, so the bound holds for the
 // real descriptors at every instant, not only for the counter.
 //
+// RLIMIT_NOFILE is shared with the rest of the program, which may leave
+// the cache fewer descriptors than MaxOpenFiles. A backing open that fails
+// with EMFILE or ENFILE closes one evictable fd and tries again (counted in
+// Stats.FDExhausted), so the cache shrinks to what it can get; only with
+// nothing left to evict does the I/O fail with ErrCacheUnavailable and the
+// caller go to the server. EMFILE never reaches the caller as such.
+//
 // # Coherency and invalidation
 //
 // Invalidate discards data and records new aux and size; it takes the

@@ -13,6 +13,7 @@ type counters struct {
 	opens, reopens, writebackReopens             atomic.Int64
 	peakOpenFiles                                atomic.Int64
 	lruEvictions, inUseEvictions, slotWaits      atomic.Int64
+	fdExhausted                                  atomic.Int64
 	pins, pinWaits                               atomic.Int64
 	readHits, readMisses, bytesRead              atomic.Int64
 	writes, bytesWritten, staleWrites            atomic.Int64
@@ -46,6 +47,7 @@ type Stats struct {
 	LRUEvictions     int64 // fds of unused cookies closed by the LRU
 	InUseEvictions   int64 // fds of in-use, unpinned cookies closed for a slot
 	SlotWaits        int64 // opens that waited for an fd slot
+	FDExhausted      int64 // backing opens that failed with EMFILE/ENFILE (an evictable fd is then closed and the open retried)
 	ReadHits         int64
 	ReadMisses       int64
 	BytesRead        int64
@@ -78,8 +80,8 @@ func (c *Cache) Stats() Stats {
 		Pinned: int64(pinned), Pins: st.pins.Load(), PinWaits: st.pinWaits.Load(),
 		Opens: st.opens.Load(), Reopens: st.reopens.Load(), WritebackReopens: st.writebackReopens.Load(),
 		LRUEvictions: st.lruEvictions.Load(), InUseEvictions: st.inUseEvictions.Load(),
-		SlotWaits: st.slotWaits.Load(),
-		ReadHits:  st.readHits.Load(), ReadMisses: st.readMisses.Load(), BytesRead: st.bytesRead.Load(),
+		SlotWaits: st.slotWaits.Load(), FDExhausted: st.fdExhausted.Load(),
+		ReadHits: st.readHits.Load(), ReadMisses: st.readMisses.Load(), BytesRead: st.bytesRead.Load(),
 		Writes: st.writes.Load(), BytesWritten: st.bytesWritten.Load(), StaleWrites: st.staleWrites.Load(),
 		NoSpace: st.noSpaceWrites.Load(), Invalidations: st.invalidations.Load(), Resizes: st.resizes.Load(),
 		Culled: st.culled.Load(), CullPasses: st.cullPasses.Load(), Discards: st.discards.Load(),
@@ -102,7 +104,7 @@ func (s Stats) String() string {
 	fmt.Fprintf(&b, "NoSpace: nwr=%d ncr=%d cull=%d\n", s.NoSpace, 0, s.Culled)
 	fmt.Fprintf(&b, "IO     : rd=%d wr=%d mis=%d\n", s.ReadHits, s.Writes, s.ReadMisses)
 	fmt.Fprintf(&b, "Files  : open=%d peak=%d pinned=%d pins=%d pinwait=%d\n", s.OpenFiles, s.PeakOpenFiles, s.Pinned, s.Pins, s.PinWaits)
-	fmt.Fprintf(&b, "Opens  : n=%d reopen=%d wbreopen=%d slotwait=%d\n", s.Opens, s.Reopens, s.WritebackReopens, s.SlotWaits)
+	fmt.Fprintf(&b, "Opens  : n=%d reopen=%d wbreopen=%d slotwait=%d emfile=%d\n", s.Opens, s.Reopens, s.WritebackReopens, s.SlotWaits, s.FDExhausted)
 	fmt.Fprintf(&b, "Bytes  : used=%d rd=%d wr=%d objs=%d\n", s.UsedBytes, s.BytesRead, s.BytesWritten, s.Objects)
 	return b.String()
 }
