@@ -38,11 +38,11 @@ var (
 // fails if one is missing from the guest's plan or never reports.
 var (
 	writeChecks = []string{"statfs", "create", "offsets", "bigfile", "append", "truncate",
-		"chmod_utimes", "hardlink", "symlink", "rename", "unlink_open", "mkdir_rmdir",
+		"chmod_utimes", "hardlink", "link_then_unlink", "symlink", "rename", "unlink_open", "mkdir_rmdir",
 		"readdir_churn", "mmap", "fsync", "excl_create",
 		"restart_open_read", "restart_open_write", "restart_cached_paths", "restart_create_rename"}
 	verifyChecks = []string{"statfs", "create", "offsets", "bigfile", "append", "truncate",
-		"chmod_utimes", "hardlink", "symlink", "rename", "unlink_open", "mkdir_rmdir",
+		"chmod_utimes", "hardlink", "link_then_unlink", "symlink", "rename", "unlink_open", "mkdir_rmdir",
 		"readdir_churn", "mmap", "fsync", "excl_create", "restart_state"}
 )
 

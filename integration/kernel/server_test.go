@@ -110,9 +110,22 @@ type knownSet struct {
 
 // knownServe: our server over a directory.
 var knownServe = knownSet{
-	failures:      map[string]string{},
+	failures: map[string]string{
+		// Relay trace: CREATE tmp → fh T; LINK T as final (nlink 2); the
+		// kernel's nfs_link gives final the inode of tmp (d_add), so
+		// open(final) uses handle T; REMOVE tmp; GETATTR T →
+		// NFS3ERR_STALE although the file (same fileid) is still "final".
+		// The server's handles name paths (handleTable.forget drops the
+		// id with the removed name), where knfsd's name the inode.
+		"write/link_then_unlink":  linkThenUnlinkWhy,
+		"verify/link_then_unlink": "follows from write/link_then_unlink: the write through final never happened",
+	},
 	unimplemented: map[string]string{},
 }
+
+const linkThenUnlinkWhy = "our server's file handle names the path it was issued for: after link(tmp, final) the kernel " +
+	"uses tmp's handle for final (nfs_link: d_add of the same inode), and REMOVE tmp makes that handle STALE, so " +
+	"read(2) through final, opened before the unlink, fails with ESTALE although the file still has a name"
 
 // knownProxy: our server over billyfs over our server.
 var knownProxy = knownSet{
@@ -134,6 +147,8 @@ var knownProxy = knownSet{
 		// removed, so later writes through another open name are dropped.
 		"write/hardlink": "billyfs caches hard links inconsistently: after LINK EEXIST and REMOVE of another " +
 			"name, LOOKUP b through the proxy reports nlink 3 (stale) and LOOKUP a size 6 of 8 (see the comment above)",
+		"write/link_then_unlink":  "as for serve (the proxy's server hands out per-path handles too): " + linkThenUnlinkWhy,
+		"verify/link_then_unlink": "follows from write/link_then_unlink",
 	},
 	unimplemented: map[string]string{},
 }

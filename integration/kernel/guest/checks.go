@@ -34,6 +34,7 @@ func (g *guest) checks() []check {
 		{"truncate", g.truncateWrite, g.truncateVerify},
 		{"chmod_utimes", g.attrsWrite, g.attrsVerify},
 		{"hardlink", g.hardlinkWrite, g.hardlinkVerify},
+		{"link_then_unlink", g.linkUnlinkWrite, g.linkUnlinkVerify},
 		{"symlink", g.symlinkWrite, g.symlinkVerify},
 		{"rename", g.renameWrite, g.renameVerify},
 		{"unlink_open", g.unlinkOpenWrite, g.unlinkOpenVerify},
@@ -533,6 +534,73 @@ func (g *guest) hardlinkVerify() error {
 		return err
 	}
 	return expectMissing(g.path("hardlink", "c"))
+}
+
+var linkUnlinkData = []byte("delivered atomically")
+
+// link_then_unlink: the write-then-link-then-unlink pattern of maildir
+// delivery and git's object store — write tmp, link(tmp, final), open
+// final, unlink(tmp) — then read and write through the descriptor opened
+// by the new name. The kernel's nfs_link gives final the inode (and file
+// handle) of tmp, so a server whose handle dies with the name it was
+// issued for answers the descriptor's READ/WRITE with NFS3ERR_STALE
+// although the file still has a name.
+func (g *guest) linkUnlinkWrite() error {
+	dir := g.path("linkunlink")
+	if err := mkdirFresh(dir); err != nil {
+		return err
+	}
+	tmp, final := filepath.Join(dir, "tmp"), filepath.Join(dir, "final")
+	if err := writeFile(tmp, linkUnlinkData, 0o644); err != nil {
+		return err
+	}
+	if err := os.Link(tmp, final); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(final, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := os.Remove(tmp); err != nil {
+		return err
+	}
+	got := make([]byte, len(linkUnlinkData))
+	if _, err := f.ReadAt(got, 0); err != nil {
+		return fmt.Errorf("read through final after unlink(tmp): %w", err)
+	}
+	if err := sameBytes("read through final", got, linkUnlinkData); err != nil {
+		return err
+	}
+	if _, err := f.WriteAt([]byte("D"), 0); err != nil {
+		return fmt.Errorf("write through final after unlink(tmp): %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync through final after unlink(tmp): %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := dropCaches(); err != nil {
+		return err
+	}
+	return g.linkUnlinkVerify()
+}
+
+func (g *guest) linkUnlinkVerify() error {
+	dir := g.path("linkunlink")
+	if err := expectMissing(filepath.Join(dir, "tmp")); err != nil {
+		return err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dir, "final"), &st); err != nil {
+		return err
+	}
+	if st.Nlink != 1 {
+		return fmt.Errorf("final: nlink %d, want 1", st.Nlink)
+	}
+	want := append([]byte("D"), linkUnlinkData[1:]...)
+	return expectFile(filepath.Join(dir, "final"), want)
 }
 
 // symlink: SYMLINK, READLINK, lstat vs stat, a dangling link, a link to a
