@@ -40,6 +40,7 @@ const (
 	fdlimAddrEnv  = "NFSCACHE_FDLIMIT_ADDR"  // billyfs child: server address
 	fdlimDirEnv   = "NFSCACHE_FDLIMIT_DIR"   // cache dir (billyfs) or export dir (server)
 	fdlimOpenEnv  = "NFSCACHE_FDLIMIT_OPEN"  // server child: server.Options.MaxOpenFiles
+	fdlimHogEnv   = "NFSCACHE_FDLIMIT_HOG"   // billyfs child: descriptors the "program" holds
 	fdlimStateEnv = "NFSCACHE_FDLIMIT_STATE" // server and proxy children: server state dir (the parent's: a killed child cleans nothing up)
 	fdlimNofile   = 128
 	fdlimFiles    = 500 // files created, written and read: ~4× the limit
@@ -226,13 +227,30 @@ func TestFDLimitBillyfs(t *testing.T) {
 		fdlimBillyfsChild(t)
 		return
 	}
+	t.Run("alone", func(t *testing.T) { fdlimBillyfsRun(t, 0) })
+	// The program around billyfs holds 90 of the 128 descriptors: fewer
+	// are left than the cache's MaxOpenFiles (64), so backing opens hit
+	// EMFILE; fscache then evicts one of its fds and retries.
+	t.Run("program-holds-90", func(t *testing.T) { fdlimBillyfsRun(t, 90) })
+}
+
+func fdlimBillyfsRun(t *testing.T, hog int) {
 	srv := bfsStartServer(t)
-	c := fdlimStart(t, "TestFDLimitBillyfs", fdlimChildEnv+"=billyfs", fdlimAddrEnv+"="+srv.Addr, fdlimDirEnv+"="+t.TempDir())
+	c := fdlimStart(t, "TestFDLimitBillyfs", fdlimChildEnv+"=billyfs", fdlimAddrEnv+"="+srv.Addr, fdlimDirEnv+"="+t.TempDir(), fdlimHogEnv+"="+strconv.Itoa(hog))
 	res := c.waitLine(t, "RESULT")
 	c.wait(t)
-	t.Logf("child (RLIMIT_NOFILE=%d): peak %d fds (sampled from /proc every 5 ms); %s", fdlimNofile, c.peak(), res)
-	if p := c.peak(); p >= fdlimNofile {
-		t.Errorf("child peaked at %d fds, at the limit %d", p, fdlimNofile)
+	t.Logf("child (RLIMIT_NOFILE=%d, %d held by the program): peak %d fds (sampled from /proc every 5 ms); %s", fdlimNofile, hog, c.peak(), res)
+	var emfile int
+	if _, err := fmt.Sscanf(res[strings.Index(res, "emfile-opens"):], "emfile-opens %d", &emfile); err != nil {
+		t.Fatalf("RESULT line: %v", err)
+	}
+	switch {
+	case hog == 0 && c.peak() >= fdlimNofile:
+		t.Errorf("child peaked at %d fds, at the limit %d", c.peak(), fdlimNofile)
+	case hog == 0 && emfile != 0:
+		t.Errorf("%d backing opens hit EMFILE with 128 descriptors for billyfs alone", emfile)
+	case hog > 0 && emfile == 0:
+		t.Errorf("no backing open hit EMFILE with %d of %d descriptors taken: the case was not exercised", hog, fdlimNofile)
 	}
 	for i := range fdlimFiles {
 		v := 0
@@ -252,6 +270,14 @@ func TestFDLimitBillyfs(t *testing.T) {
 func fdlimBillyfsChild(t *testing.T) {
 	if err := fdlimLowerLimit(); err != nil {
 		t.Fatal(err)
+	}
+	hog, _ := strconv.Atoi(os.Getenv(fdlimHogEnv))
+	for range hog {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
 	}
 	check := func(what string, err error) {
 		t.Helper()
@@ -367,8 +393,8 @@ func fdlimBillyfsChild(t *testing.T) {
 	}
 	st := fsys.Stats()
 	check("billyfs close", fsys.Close())
-	fmt.Printf("RESULT cache peak open backing fds %d (MaxOpenFiles 64), writeback reopens %d, throttle waits %d, pages written %d\n",
-		st.Cache.PeakOpenFiles, st.Cache.WritebackReopens, st.Writeback.ThrottleWaits, st.Writeback.PagesWritten)
+	fmt.Printf("RESULT cache peak open backing fds %d (MaxOpenFiles 64), emfile-opens %d, cache read hits %d misses %d, invalidations %d, writeback reopens %d, throttle waits %d, pages written back %d\n",
+		st.Cache.PeakOpenFiles, st.Cache.FDExhausted, st.Cache.ReadHits, st.Cache.ReadMisses, st.Cache.Invalidations, st.Cache.WritebackReopens, st.Writeback.ThrottleWaits, st.Writeback.PagesWritten)
 }
 
 // TestFDLimitServer: our server in a process limited to 128 descriptors
