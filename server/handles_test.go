@@ -1,17 +1,23 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	billy "github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
 
 	"github.com/nfscache/nfscache/client"
@@ -234,4 +240,104 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// vanishingFS fails the first `fail` ReadDir calls with ENOENT, as osfs
+// does when a name is renamed away between getdents and its lstat.
+type vanishingFS struct {
+	billy.Filesystem
+	fail atomic.Int32
+}
+
+func (v *vanishingFS) ReadDir(p string) ([]os.FileInfo, error) {
+	if v.fail.Add(-1) >= 0 {
+		return nil, &os.PathError{Op: "lstat", Path: p + "/gone", Err: syscall.ENOENT}
+	}
+	return v.Filesystem.ReadDir(p)
+}
+
+// Exports that are not disk directories get their listing asked again
+// when a name vanished during it; a directory that is itself gone still
+// fails.
+func TestListDirRetriesVanishedName(t *testing.T) {
+	mem := NewMemFS()
+	mem.MkdirAll("d", 0o755)
+	f, _ := mem.Create("d/x")
+	f.Close()
+	v := &vanishingFS{Filesystem: mem}
+	e := &exportFS{exportCore: &exportCore{base: v}}
+	v.fail.Store(3)
+	ents, err := e.listDir("d")
+	if err != nil || len(ents) != 1 || ents[0].Name() != "x" {
+		t.Fatalf("listDir after 3 vanished names: %v %v", ents, err)
+	}
+	v.fail.Store(0)
+	if _, err := e.listDir("missing"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("listDir of a missing directory: %v", err)
+	}
+}
+
+// Many resolves of one handle race an out-of-band replacement: each
+// answers the old file or STALE, never anything else, the id is forgotten
+// exactly once (Stats.Handles), and afterwards every resolve is STALE.
+func TestConcurrentResolveDuringReplacement(t *testing.T) {
+	dir, fsys := diskFS(t)
+	os.WriteFile(filepath.Join(dir, "f"), []byte("old"), 0o644)
+	s, err := New(fsys, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	h, err := s.table.assign("f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Stats().Handles; n != 2 {
+		t.Fatalf("handles = %d, want 2", n)
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	var ok, stale atomic.Int64
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, p, err := s.table.resolve(h)
+				switch {
+				case err == nil && p == "f":
+					ok.Add(1)
+				case errors.Is(err, errStaleHandle):
+					stale.Add(1)
+				default:
+					t.Errorf("resolve: %q %v", p, err)
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(20 * time.Millisecond)
+	replaceOutOfBand(t, filepath.Join(dir, "f"), []byte("new"))
+	time.Sleep(50 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if _, _, err := s.table.resolve(h); !errors.Is(err, errStaleHandle) {
+		t.Fatalf("after the replacement: %v, want stale", err)
+	}
+	if n := s.Stats().Handles; n != 1 {
+		t.Fatalf("handles = %d, want 1: the replaced id is dropped exactly once", n)
+	}
+	h2, err := s.table.assign("f")
+	if err != nil || bytes.Equal(h2, h) {
+		t.Fatalf("new file's handle: %v (same as old: %v)", err, bytes.Equal(h2, h))
+	}
+	t.Logf("%d resolves saw the old file, %d STALE", ok.Load(), stale.Load())
+	if ok.Load() == 0 || stale.Load() == 0 {
+		t.Fatalf("the race was not exercised: %d ok, %d stale", ok.Load(), stale.Load())
+	}
 }
