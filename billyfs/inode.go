@@ -375,10 +375,25 @@ func (ino *inode) revalidate(ctx context.Context, server client.Attr, otherWrite
 	return nil
 }
 
+// setBypass makes the inode's I/O go to the server until its last close.
+// It takes fillMu: a cached write in flight (which holds fillMu shared
+// from its cache write to its dirty marks) completes first, so the flush
+// that follows a bypass sees it, and later writes see the bypass.
 func (ino *inode) setBypass() {
+	ino.fillMu.Lock()
 	ino.mu.Lock()
 	ino.bypass = true
 	ino.mu.Unlock()
+	ino.fillMu.Unlock()
+}
+
+// errBypassed tells writeAt that the cache stepped aside after it chose
+// the cached path: write through.
+var errBypassed = errors.New("billyfs: cache bypassed")
+
+// cacheDirty reports whether the cache holds data not yet written back.
+func (ino *inode) cacheDirty() bool {
+	return ino.wb != nil && ino.wb.State()&writeback.DirtyPages != 0
 }
 
 // --- data path ---
@@ -409,6 +424,13 @@ func (ino *inode) readAt(ctx context.Context, p []byte, off int64, ra int) (int,
 		ino.s.log.Debug("billyfs: cached read failed, reading from the server", "handle", ino.fh.String(), "err", err)
 		// Whatever the cache did, the server has every byte once
 		// our dirty data is written back.
+		if err := ino.flush(ctx); err != nil {
+			return 0, err
+		}
+	}
+	if ino.cacheDirty() {
+		// The cache stepped aside with written data still in it: the
+		// server has it only after writeback.
 		if err := ino.flush(ctx); err != nil {
 			return 0, err
 		}
@@ -508,6 +530,9 @@ func (ino *inode) writeAt(ctx context.Context, p []byte, off int64) error {
 		if err == nil {
 			return nil
 		}
+		if errors.Is(err, errBypassed) {
+			return ino.writeThrough(ctx, p, off)
+		}
 		ino.s.log.Warn("billyfs: cache write failed, writing through to the server", "handle", ino.fh.String(), "err", err)
 		// The cache may hold a torn range now: write our dirty data
 		// back, then stop using the cache for this inode until its
@@ -529,9 +554,18 @@ func (ino *inode) writeAt(ctx context.Context, p []byte, off int64) error {
 }
 
 func (ino *inode) writeCached(ctx context.Context, p []byte, off int64) error {
+	// Shared fillMu from the cache write to the dirty marks: a fill never
+	// overwrites the data, and a bypass (setBypass) waits until the
+	// write is known dirty, so its flush writes it back.
 	ino.fillMu.RLock()
+	defer ino.fillMu.RUnlock()
+	ino.mu.Lock()
+	bypass := ino.bypass
+	ino.mu.Unlock()
+	if bypass {
+		return errBypassed
+	}
 	_, err := ino.ck.WriteAt(p, off)
-	ino.fillMu.RUnlock()
 	if err != nil {
 		return err
 	}
