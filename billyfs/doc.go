@@ -114,6 +114,14 @@
 //     writeback error that only said "unreachable" is not reported by a
 //     later Sync that finds everything written back.
 //
+// Limits: a writer is still throttled once Options.DirtyLimitBytes of
+// dirty data are held (balance_dirty_pages), and during an outage that
+// wait lasts until the upstream is back, as with a hard-mounted Linux
+// client. A revalidation that is merely slow (longer than OutageDetect,
+// e.g. a READDIRPLUS of a huge directory on a loaded upstream) is taken
+// for an outage: the stale copy is served (still within ServeStale) and
+// the probe ends the "outage" at its next answer.
+//
 // The staleness guarantee: no answer served during an outage is older
 // than ServeStale counted from its last validation with the upstream; past
 // that, calls fail (EIO) instead of answering. Changes made on the
@@ -197,5 +205,9 @@
 // inode.fillMu are taken before inode.mu and never while holding
 // state.mu; File.mu is taken before all of them. No lock of this package is
 // held while calling client, fscache or writeback, except inode.fillMu
-// (an I/O ordering lock) around cookie writes and invalidation.
+// (an I/O ordering lock): held exclusively around cache fills, invalidation
+// and the switch to bypass, and shared by a cached write from its cache
+// write through its dirty marks (fscache MarkDirty, writeback MarkDirty,
+// which may throttle) — nothing the flusher's writeback needs, so a
+// throttled writer cannot block the writeback it waits for.
 package billyfs
