@@ -40,7 +40,12 @@
 // ignored. With Options.Durable the same holds across power loss (data is
 // fdatasync'd before the record, the record fsync'd after). Acquiring a
 // cookie whose recorded aux differs discards its data: it belongs to
-// another version of the remote file.
+// another version of the remote file. The journal is compacted (rewritten
+// as one record per object and range, then renamed over the old one) at
+// Open, at Close and after each MiB of appends beyond twice its compacted
+// size. The new file's descriptor is opened before the rename, so records
+// never go to the replaced file; a compaction that fails (EMFILE, ENOSPC)
+// leaves the journal as it was, fails no record, and is retried later.
 //
 // # Uses, pins and file descriptors
 //

@@ -67,6 +67,13 @@ type journal struct {
 	durable bool
 	broken  error // sticky: the file could not be restored after a failed append
 	buf     []byte
+	// compactAt is the file size at which commit next tries to compact
+	// after a failed compaction (0: no failure pending).
+	compactAt int64
+	// dirUnsynced: a compaction renamed the new index into place but could
+	// not fsync the directory; sync retries it before reporting
+	// durability.
+	dirUnsynced bool
 }
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -343,8 +350,16 @@ func (j *journal) commit(payload []byte) error {
 	if err := j.apply(payload); err != nil {
 		return err
 	}
-	if j.size > 2*j.live+(1<<20) { // amortized: each rewrite follows >= live+1MiB of appends
-		return j.compactLocked()
+	if j.size > 2*j.live+(1<<20) && j.size >= j.compactAt { // amortized: each rewrite follows >= live+1MiB of appends
+		// The record is in the file and applied: a failed compaction
+		// (EMFILE or ENOSPC for its temporary file, say) leaves the
+		// journal as it was and must not fail this commit — the caller
+		// would undo what the index now says. Retry after another MiB.
+		if err := j.compactLocked(); err != nil {
+			j.compactAt = j.size + 1<<20
+		} else {
+			j.compactAt = 0
+		}
 	}
 	return nil
 }
@@ -431,23 +446,42 @@ func (j *journal) compactLocked() error {
 		// The object record sets size from its fields; present records may
 		// only grow it, so the stored size is already exact.
 	}
-	if err := writeFileSync(tmp, b); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, j.path); err != nil {
-		return fmt.Errorf("fscache: install index: %w", err)
-	}
-	if err := syncDir(filepath.Dir(j.path)); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND, 0o600)
+	// The new file's descriptor is opened before the rename and becomes
+	// the append descriptor: nothing can fail between the rename and the
+	// switch, so a record is never appended to the replaced (unlinked)
+	// file. O_APPEND: later records go after the compacted ones.
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("fscache: open index: %w", err)
+		return fmt.Errorf("fscache: write index: %w", err)
+	}
+	if _, err = f.Write(b); err == nil {
+		err = f.Sync()
+	}
+	if err == nil {
+		err = os.Rename(tmp, j.path)
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("fscache: install index: %w", err)
 	}
 	if j.f != nil {
 		j.f.Close()
 	}
 	j.f, j.size, j.live = f, int64(len(b)), int64(len(b))
+	j.dirUnsynced = true
+	return j.syncDirLocked()
+}
+
+// syncDirLocked makes the last compaction's rename durable.
+func (j *journal) syncDirLocked() error {
+	if !j.dirUnsynced {
+		return nil
+	}
+	if err := syncDir(filepath.Dir(j.path)); err != nil {
+		return err
+	}
+	j.dirUnsynced = false
 	return nil
 }
 
@@ -464,7 +498,7 @@ func (j *journal) sync() error {
 	if err := j.f.Sync(); err != nil {
 		return fmt.Errorf("fscache: sync index: %w", err)
 	}
-	return nil
+	return j.syncDirLocked()
 }
 
 // dirtyObjects returns copies of the records of objects of volume vol
@@ -503,24 +537,6 @@ func (j *journal) close() error {
 	}
 	j.f = nil
 	return err
-}
-
-func writeFileSync(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("fscache: write %s: %w", path, err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fscache: write %s: %w", path, err)
-	}
-	return nil
 }
 
 func syncDir(dir string) error {
