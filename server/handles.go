@@ -54,7 +54,7 @@ var errStaleHandle = errors.New("server: stale file handle")
 // inode of a local file or NFSFileID of a RemoteAttributes file, plus the
 // birth time of a local file, because filesystems hand a freed inode
 // number to the next file created: rm f && touch f usually keeps the
-// number). A file whose FileInfo has neither gets no identity and is
+// number; not on overlayfs, see statxMaskFor). A file whose FileInfo has neither gets no identity and is
 // resolved by path alone. Guarantees, once attach has given the table its
 // exported filesystem:
 //
@@ -83,7 +83,8 @@ var errStaleHandle = errors.New("server: stale file handle")
 // rename's prefix rewrite and a concurrent assignment cannot interleave;
 // reads go straight to bbolt read transactions. bbolt is the only thing
 // called while mu is held; keyAt and stale are called without it. keyAt,
-// stale and rootDir are set once by attach, before the server serves.
+// stale, rootDir and statxMask are set once by attach, before the server
+// serves.
 type handleTable struct {
 	db     *bolt.DB
 	secret []byte
@@ -101,6 +102,9 @@ type handleTable struct {
 	// rootDir is the export root opened through os.Root, for statx of
 	// top-level names; nil for exports that are not disk directories.
 	rootDir *os.File
+	// statxMask is what a disk export's identities are made of
+	// (statxMaskFor).
+	statxMask uint32
 }
 
 // fileKey identifies a file: its fileid and, when known, its birth time
@@ -117,15 +121,30 @@ func (k fileKey) same(o fileKey) bool {
 	return k.id == o.id && (!k.hasBirth || !o.hasBirth || k.birth == o.birth)
 }
 
-func keyOfStatx(st *unix.Statx_t) fileKey {
+// keyOfStatx reads the identity of a statx made with mask (the kernel
+// may fill in more than asked).
+func keyOfStatx(st *unix.Statx_t, mask uint32) fileKey {
 	k := fileKey{id: st.Ino}
-	if st.Mask&unix.STATX_BTIME != 0 {
+	if mask&st.Mask&unix.STATX_BTIME != 0 {
 		k.birth, k.hasBirth = st.Btime.Sec*1e9+int64(st.Btime.Nsec), true
 	}
 	return k
 }
 
-const statxMask = unix.STATX_INO | unix.STATX_BTIME
+// overlayfsMagic is statfs f_type of overlayfs (linux/magic.h).
+const overlayfsMagic = 0x794c7630
+
+// statxMaskFor is what identities of files on a filesystem of statfs
+// type fsType are made of: inode and birth time, except on overlayfs,
+// where the first open for writing copies a lower file up into a new
+// upper inode (new birth time) that keeps reporting the lower inode's
+// number: the file is the same for its users, so only the number counts.
+func statxMaskFor(fsType int64) uint32 {
+	if fsType == overlayfsMagic {
+		return unix.STATX_INO
+	}
+	return unix.STATX_INO | unix.STATX_BTIME
+}
 
 // attach gives the table the export whose identities it records. A disk
 // export is asked with statx relative to a directory opened through
@@ -136,8 +155,15 @@ const statxMask = unix.STATX_INO | unix.STATX_BTIME
 func (t *handleTable) attach(c *exportCore) {
 	if root := c.osRoot; root != nil {
 		if d, err := root.Open("."); err == nil {
+			var sf unix.Statfs_t
+			if unix.Fstatfs(int(d.Fd()), &sf) == nil {
+				t.statxMask = statxMaskFor(int64(sf.Type))
+			} else {
+				t.statxMask = unix.STATX_INO
+			}
 			t.rootDir = d
-			t.keyAt = func(p string) (fileKey, bool) { return statxKey(root, d, p) }
+			mask := t.statxMask
+			t.keyAt = func(p string) (fileKey, bool) { return statxKey(root, d, p, mask) }
 		}
 	}
 	if t.keyAt == nil {
@@ -162,14 +188,14 @@ func (t *handleTable) attach(c *exportCore) {
 // os.Root does; three syscalls whatever the depth), or, on kernels
 // without openat2, relative to the parent directory opened through
 // os.Root.
-func statxKey(root *os.Root, rootDir *os.File, p string) (fileKey, bool) {
+func statxKey(root *os.Root, rootDir *os.File, p string, mask uint32) (fileKey, bool) {
 	var st unix.Statx_t
 	dir, name := path.Split(p)
 	if dir == "" {
-		if err := unix.Statx(int(rootDir.Fd()), name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st); err != nil {
+		if err := unix.Statx(int(rootDir.Fd()), name, unix.AT_SYMLINK_NOFOLLOW, int(mask), &st); err != nil {
 			return fileKey{}, false
 		}
-		return keyOfStatx(&st), true
+		return keyOfStatx(&st, mask), true
 	}
 	fd, err := unix.Openat2(int(rootDir.Fd()), p, &unix.OpenHow{
 		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
@@ -177,10 +203,10 @@ func statxKey(root *os.Root, rootDir *os.File, p string) (fileKey, bool) {
 	})
 	if err == nil {
 		defer unix.Close(fd)
-		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW, statxMask, &st); err != nil {
+		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW, int(mask), &st); err != nil {
 			return fileKey{}, false
 		}
-		return keyOfStatx(&st), true
+		return keyOfStatx(&st, mask), true
 	}
 	if !errors.Is(err, unix.ENOSYS) {
 		return fileKey{}, false
@@ -190,10 +216,10 @@ func statxKey(root *os.Root, rootDir *os.File, p string) (fileKey, bool) {
 		return fileKey{}, false
 	}
 	defer d.Close()
-	if err := unix.Statx(int(d.Fd()), name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st); err != nil {
+	if err := unix.Statx(int(d.Fd()), name, unix.AT_SYMLINK_NOFOLLOW, int(mask), &st); err != nil {
 		return fileKey{}, false
 	}
-	return keyOfStatx(&st), true
+	return keyOfStatx(&st, mask), true
 }
 
 // fdKey is the identity of an open file, made the way keyAt makes it:
@@ -202,8 +228,8 @@ func statxKey(root *os.Root, rootDir *os.File, p string) (fileKey, bool) {
 func (t *handleTable) fdKey(f any, fi os.FileInfo) (fileKey, bool) {
 	if fder, ok := f.(interface{ Fd() uintptr }); ok && t.rootDir != nil {
 		var st unix.Statx_t
-		if err := unix.Statx(int(fder.Fd()), "", unix.AT_EMPTY_PATH, statxMask, &st); err == nil {
-			return keyOfStatx(&st), true
+		if err := unix.Statx(int(fder.Fd()), "", unix.AT_EMPTY_PATH, int(t.statxMask), &st); err == nil {
+			return keyOfStatx(&st, t.statxMask), true
 		}
 	}
 	id, ok := fileIdentity(fi)

@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/go-git/go-billy/v5/osfs"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 
 	"github.com/nfscache/nfscache/client"
 )
@@ -393,5 +395,46 @@ func TestReadDirDuringRenames(t *testing.T) {
 	t.Logf("%d listings, %d renames meanwhile", lists, renames.Load())
 	if failed > 0 {
 		t.Fatalf("%d of %d READDIRPLUS failed during renames; first: %v", failed, lists, firstErr)
+	}
+}
+
+// On overlayfs the first open for writing copies a lower file up into a
+// new upper inode: same inode number (overlayfs keeps the lower one),
+// new birth time. The handle must survive that, so identities on
+// overlayfs are the inode number alone.
+func TestOverlayCopyUpKeepsHandle(t *testing.T) {
+	if statxMaskFor(overlayfsMagic)&unix.STATX_BTIME != 0 || statxMaskFor(0xef53)&unix.STATX_BTIME == 0 {
+		t.Fatal("statxMaskFor: birth time must count everywhere but on overlayfs")
+	}
+	d := t.TempDir()
+	for _, s := range []string{"lower", "upper", "work", "merged"} {
+		os.Mkdir(filepath.Join(d, s), 0o755)
+	}
+	os.WriteFile(filepath.Join(d, "lower", "f"), []byte("lower data"), 0o644)
+	time.Sleep(20 * time.Millisecond) // the copy-up gets another birth time
+	merged := filepath.Join(d, "merged")
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", filepath.Join(d, "lower"), filepath.Join(d, "upper"), filepath.Join(d, "work"))
+	if err := syscall.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		t.Skipf("cannot mount overlayfs here (%v): the statxMaskFor check above still ran", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(merged, 0) })
+	_, addr := startServer(t, osfs.New(merged, osfs.WithBoundOS()), Options{})
+	c, ctx := dialOurs(t, addr)
+	l, err := c.Lookup(ctx, c.Root(), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(ctx, l.Handle, 0, []byte("LOWER"), client.FileSync); err != nil {
+		t.Fatalf("WRITE (copy-up): %v", err)
+	}
+	if _, err := c.Getattr(ctx, l.Handle); err != nil {
+		t.Fatalf("GETATTR after copy-up: %v", err)
+	}
+	buf := make([]byte, 32)
+	if r, err := c.Read(ctx, l.Handle, 0, buf); err != nil || string(buf[:r.N]) != "LOWER data" {
+		t.Fatalf("READ after copy-up: %q %v", buf[:r.N], err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(d, "upper", "f")); string(got) != "LOWER data" {
+		t.Fatalf("upper layer has %q", got)
 	}
 }
