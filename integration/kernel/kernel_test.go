@@ -280,12 +280,11 @@ func TestLinuxKernelClient(t *testing.T) {
 			v = setupProxy(t, filepath.Join(work, "proxy"), upstreamBase(t), logger.With("variant", "proxy"))
 		}
 		addr := v.srv.addr // a restart listens on the same address
-		sn, err := newRPCSniffer(func() string { return addr })
+		sn, err := newRPCSniffer(func() string { return addr }, traceDir != "")
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(sn.close)
-		sn.tracing = traceDir != ""
 		v.sniffer, v.traffic = sn, map[string]*rpcTraffic{}
 		t.Cleanup(func() { v.stopAll(t) })
 		vs = append(vs, v)

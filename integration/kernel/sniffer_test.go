@@ -37,7 +37,8 @@ type rpcSniffer struct {
 	orphans int            // replies whose call the relay did not see
 	conns   []net.Conn
 	// full, when tracing (NFSCACHE_KERNEL_TRACE), is every NFS exchange
-	// with handles, names and the attributes in the reply.
+	// with handles, names and the attributes in the reply. tracing is set
+	// before the relay starts and never changes.
 	tracing bool
 	full    []string
 }
@@ -69,12 +70,14 @@ var nfsStatNames = map[uint32]string{0: "OK", 1: "PERM", 2: "NOENT", 5: "IO", 6:
 
 var acceptStatNames = []string{"SUCCESS", "PROG_UNAVAIL", "PROG_MISMATCH", "PROC_UNAVAIL", "GARBAGE_ARGS", "SYSTEM_ERR"}
 
-func newRPCSniffer(target func() string) (*rpcSniffer, error) {
+// newRPCSniffer relays to target(); with tracing it records every NFS
+// exchange in full (takeTrace).
+func newRPCSniffer(target func() string, tracing bool) (*rpcSniffer, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	s := &rpcSniffer{l: l, target: target, pending: map[uint32]callInfo{}, counts: map[string]int{}}
+	s := &rpcSniffer{l: l, target: target, pending: map[uint32]callInfo{}, counts: map[string]int{}, tracing: tracing}
 	go s.accept()
 	return s, nil
 }
@@ -594,5 +597,35 @@ func TestSnifferDecodesReaddir(t *testing.T) {
 	}
 	if got := aroundBadCookies(readdir, 10); len(got) != 2 {
 		t.Errorf("aroundBadCookies: %q", got)
+	}
+}
+
+func TestSnifferTracesCallsAndAttributes(t *testing.T) {
+	s := &rpcSniffer{pending: map[uint32]callInfo{}, counts: map[string]int{}, tracing: true}
+	b := &xdrBuilder{}
+	b.u32(5).u32(0).u32(2).u32(progNFS).u32(3).u32(3) // LOOKUP
+	b.u32(0).opaque(nil).u32(0).opaque(nil)           // AUTH_NONE, no verifier
+	b.opaque([]byte("dirhandle")).opaque([]byte("final"))
+	s.onCall(*b)
+	r := &xdrBuilder{}
+	r.u32(5).u32(1).u32(0).u32(0).opaque(nil).u32(0)
+	r.u32(0).opaque([]byte("filehandle"))    // NFS3_OK, object handle
+	r.u32(1).u32(1).u32(0o644).u32(2)        // attributes follow: type, mode, nlink
+	r.u32(0).u32(0).u64(20).u64(4096).u64(0) // uid gid size used rdev
+	r.u64(7).u64(10129139)                   // fsid fileid
+	r.u32(1).u32(2).u32(3).u32(4).u32(5).u32(6)
+	r.u32(0) // no dir attributes
+	s.onReply(*r)
+	trace := s.takeTrace()
+	if len(trace) != 1 {
+		t.Fatalf("trace: %q", trace)
+	}
+	want := fmt.Sprintf("NFS3 LOOKUP %s/\"final\" → NFS3_OK %s {type=1 mode=644 nlink=2 size=20 fileid=10129139 atime=1.000000002 mtime=3.000000004 ctime=5.000000006}",
+		fhID([]byte("dirhandle")), fhID([]byte("filehandle")))
+	if _, got, _ := strings.Cut(trace[0], " "); got != want {
+		t.Errorf("trace line\n got %s\nwant %s", got, want)
+	}
+	if s.takeTrace() != nil {
+		t.Errorf("takeTrace did not start a new trace")
 	}
 }
