@@ -91,6 +91,7 @@ func TestServeStaleOutage(t *testing.T) {
 	must(t, os.WriteFile(filepath.Join(up.Dir, "d/b"), b, 0o644))
 	must(t, os.WriteFile(filepath.Join(up.Dir, "d/uncached"), b, 0o644))
 	must(t, os.WriteFile(filepath.Join(up.Dir, "w"), []byte("before"), 0o644))
+	must(t, os.Symlink("d/b", filepath.Join(up.Dir, "ln")))
 	const bound = 2 * time.Second
 	logs := &lockedBuffer{}
 	fsys, err := billyfs.New(t.Context(), billyfs.Options{Addr: up.Addr, CacheDir: t.TempDir(),
@@ -98,7 +99,7 @@ func TestServeStaleOutage(t *testing.T) {
 		AttrTimeout: 50 * time.Millisecond, Connections: 2, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	must(t, err)
 	defer fsys.Close()
-	if !bytes.Equal(readFile(t, fsys, "d/a"), a) || !bytes.Equal(readFile(t, fsys, "d/b"), b) {
+	if !bytes.Equal(readFile(t, fsys, "d/a"), a) || !bytes.Equal(readFile(t, fsys, "ln"), b) {
 		t.Fatal("reads before the outage differ")
 	}
 	list, err := fsys.ReadDir("d")
@@ -112,8 +113,12 @@ func TestServeStaleOutage(t *testing.T) {
 	up.Stop()
 	time.Sleep(100 * time.Millisecond) // past AttrTimeout: every answer needs revalidation
 	for round := 0; round < 3; round++ {
-		if !bytes.Equal(readFile(t, fsys, "d/a"), a) || !bytes.Equal(readFile(t, fsys, "d/b"), b) {
+		if !bytes.Equal(readFile(t, fsys, "d/a"), a) || !bytes.Equal(readFile(t, fsys, "d/b"), b) ||
+			!bytes.Equal(readFile(t, fsys, "ln"), b) {
 			t.Fatalf("round %d: cached reads during the outage differ", round)
+		}
+		if target, err := fsys.Readlink("ln"); err != nil || target != "d/b" {
+			t.Fatalf("stale Readlink: %q, %v", target, err)
 		}
 		got, err := fsys.ReadDir("d")
 		must(t, err)
@@ -186,6 +191,48 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// ServeStale bounds the age of what is served: once the last validation
+// of an answer is older than ServeStale, the FS fails (EIO) instead of
+// answering, until the upstream is back.
+func TestServeStaleBound(t *testing.T) {
+	up := startRestartable(t)
+	a := randBytes(14, 100_000)
+	must(t, os.WriteFile(filepath.Join(up.Dir, "a"), a, 0o644))
+	const serveStale = 3 * time.Second
+	fsys, err := billyfs.New(t.Context(), billyfs.Options{Addr: up.Addr, CacheDir: t.TempDir(),
+		ServeStale: serveStale, OutageDetect: 200 * time.Millisecond, Timeout: time.Second,
+		AttrTimeout: 50 * time.Millisecond, Connections: 1})
+	must(t, err)
+	defer fsys.Close()
+	if !bytes.Equal(readFile(t, fsys, "a"), a) {
+		t.Fatal("read differs")
+	}
+	validated := time.Now()
+	up.Stop()
+	time.Sleep(100 * time.Millisecond)
+	if !bytes.Equal(readFile(t, fsys, "a"), a) {
+		t.Fatal("stale read differs")
+	}
+	if time.Since(validated) >= serveStale {
+		t.Fatalf("machine too slow: the stale read ended %v after validation (ServeStale %v)", time.Since(validated), serveStale)
+	}
+	time.Sleep(time.Until(validated.Add(serveStale + 200*time.Millisecond)))
+	if _, err := fsys.Stat("a"); !errnoIs(err, syscall.EIO) {
+		t.Fatalf("Stat %v after the last validation (ServeStale %v): %v, want EIO", time.Since(validated), serveStale, err)
+	}
+	if _, err := fsys.Open("a"); !errnoIs(err, syscall.EIO) {
+		t.Fatalf("Open past ServeStale: %v, want EIO", err)
+	}
+	must(t, up.Start())
+	deadline := time.Now().Add(20 * time.Second)
+	for fsys.Stats().UpstreamDown && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !bytes.Equal(readFile(t, fsys, "a"), a) {
+		t.Fatal("read after the outage differs")
+	}
 }
 
 // Without ServeStale nothing is served stale: once the cached attributes
