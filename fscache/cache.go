@@ -432,20 +432,24 @@ func (c *Cache) ensureOpen(ck *Cookie) error {
 			}
 			continue
 		}
+		// ck.mu is held from the open until ck.file is set: Invalidate and
+		// Relinquish act on the backing file by path while ck.file is nil,
+		// and must not do so between the open and the assignment.
+		ck.mu.Lock()
 		var err error
 		f, err = openBacking(ck.path)
 		if err == nil {
 			break
 		}
+		ck.mu.Unlock()
 		if isFDExhausted(err) {
 			c.st.fdExhausted.Add(1)
-			if c.evictOneLocked() {
+			if c.evictOneLocked() { // locks other cookies' mu: ours is released
 				continue
 			}
 		}
 		return fmt.Errorf("%w: open backing file: %w", ErrCacheUnavailable, err)
 	}
-	ck.mu.Lock()
 	ck.file = f
 	c.openFiles++
 	c.st.opens.Add(1)
