@@ -304,8 +304,8 @@ func (s *Server) onFSInfo(cc *clientConn, call *rpcCall) error {
 
 // onLink answers LINK (RFC 1813 §3.3.15) through os.Root for a disk
 // export, or through the exported filesystem's HardLinker (go-nfs v0.0.4
-// decodes LINK3args wrongly). The new name gets its own file handle on
-// first LOOKUP: handles name paths, not inodes.
+// decodes LINK3args wrongly). The new name is recorded as an alias of
+// the file's handle (handleTable.linked), as knfsd's handles name inodes.
 func (s *Server) onLink(cc *clientConn, call *rpcCall) error {
 	x := xdrArgs{b: call.args}
 	fh := x.opaque(fhSize)
@@ -325,7 +325,7 @@ func (s *Server) onLink(cc *clientConn, call *rpcCall) error {
 	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
 		return cc.send(errReply(call.xid, nfs.NFSStatusInval, errZeros))
 	}
-	_, p, err := s.table.resolve(fh)
+	id, p, err := s.table.resolve(fh)
 	if err != nil {
 		return cc.send(errReply(call.xid, statusOf(err), errZeros))
 	}
@@ -337,6 +337,9 @@ func (s *Server) onLink(cc *clientConn, call *rpcCall) error {
 	pre, _ := s.core.base.Lstat(basePath(dir))
 	if err := linker.Link(basePath(p), target); err != nil {
 		return cc.send(errReply(call.xid, statusOf(err), errZeros))
+	}
+	if err := s.table.linked(id, target); err != nil {
+		s.log.Warn("LINK: new name not recorded as an alias", "path", target, "err", err)
 	}
 	info, _ := s.core.base.Lstat(basePath(p))
 	dinfo, _ := s.core.base.Lstat(basePath(dir))

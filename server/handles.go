@@ -35,9 +35,13 @@ const (
 var (
 	bucketMeta  = []byte("meta")
 	bucketIDs   = []byte("ids")   // id(8) -> entry (see tableEntry)
-	bucketPaths = []byte("paths") // path -> id(8)
-	keySecret   = []byte("secret")
-	keyNextID   = []byte("next-id")
+	bucketPaths = []byte("paths") // path -> id(8), for every name of an id
+	// bucketAliases lists the names of an id other than the one its entry
+	// holds (names made by LINK): id(8) | rel path -> aliasMark.
+	bucketAliases = []byte("aliases")
+	keySecret     = []byte("secret")
+	keyNextID     = []byte("next-id")
+	aliasMark     = []byte{1}
 )
 
 // errBadHandle reports a handle that fails to parse or authenticate.
@@ -79,6 +83,20 @@ var errStaleHandle = errors.New("server: stale file handle")
 // the same), and the identity is stored in bbolt, so both survive a
 // restart.
 //
+// Hard links (knfsd handles name the inode, so every name of a file has
+// the same handle and it lives while any name does): an id has one
+// primary name (its entry's path, which resolve returns) and any number
+// of aliases, the names LINK made for it through this server (linked),
+// kept in the aliases bucket and, like every name, in the paths bucket,
+// so LOOKUP of any of them returns the same handle. When the primary name
+// is removed or renamed over through NFS, or found gone or replaced at a
+// resolve, the id is re-pointed to an alias that still holds the same
+// identity instead of being dropped; only when no name is left does the
+// handle go STALE. Links made outside NFS are unknown to the table: such
+// a name gets its own id at LOOKUP, and removing the name an id was
+// issued for makes that id STALE even if the file still has the other
+// name (knfsd would keep it).
+//
 // Concurrency: safe for concurrent use. mu serialises table changes so a
 // rename's prefix rewrite and a concurrent assignment cannot interleave;
 // reads go straight to bbolt read transactions. bbolt is the only thing
@@ -97,7 +115,9 @@ type handleTable struct {
 	// table used without an export).
 	keyAt func(p string) (k fileKey, ok bool)
 	// stale is told the ids forgotten because their file was replaced,
-	// so cached fds of them are closed.
+	// and the ids re-pointed to another name, so cached fds of them are
+	// closed (a file without fstat is stat'ed by the name it was opened
+	// by).
 	stale func(ids ...uint64)
 	// rootDir is the export root opened through os.Root, for statx of
 	// top-level names; nil for exports that are not disk directories.
@@ -317,6 +337,9 @@ func openHandleTable(dir string) (*handleTable, error) {
 		if err != nil {
 			return err
 		}
+		if _, err := tx.CreateBucketIfNotExists(bucketAliases); err != nil {
+			return err
+		}
 		if s := meta.Get(keySecret); s != nil {
 			t.secret = append([]byte(nil), s...)
 			return nil
@@ -439,44 +462,67 @@ func (t *handleTable) entry(id uint64) (tableEntry, bool) {
 	return e, ok
 }
 
+// fileState is what a name holds, compared with the identity of an id.
+type fileState int
+
+const (
+	fileSame     fileState = iota // the id's file, or unknown (see check)
+	fileGone                      // nothing there, or a file without identity
+	fileReplaced                  // another file
+)
+
+// check compares the file at p, one of id's names, with the identity of
+// id's entry e. Unknown (no export, the root, no identity recorded) counts
+// as the same; an entry without identity gets the one seen now at its
+// primary name.
+func (t *handleTable) check(id uint64, e tableEntry, p string) fileState {
+	if t.keyAt == nil || id == rootID {
+		return fileSame
+	}
+	cur, ok := t.keyAt(p)
+	switch {
+	case !ok:
+		return fileGone
+	case !e.hasKey:
+		if p == e.path {
+			t.recordKey(id, e, cur)
+		}
+		return fileSame
+	case cur.same(e.key):
+		return fileSame
+	}
+	return fileReplaced
+}
+
 // resolve maps a handle to its id and current path, and checks that the
-// file at that path is the one the handle was given for: a handle whose
-// name now belongs to another file is STALE (and forgotten).
+// file at that path is the one the handle was given for. When it is not
+// (gone or replaced outside NFS), another name LINK made for the file
+// becomes the id's path if it still holds the file; otherwise a handle
+// whose name now belongs to another file is STALE (and forgotten), and
+// one whose name holds nothing resolves as before (the procedure reports
+// what it finds).
 func (t *handleTable) resolve(h []byte) (uint64, string, error) {
 	for range 3 {
 		id, e, err := t.entryOf(h)
 		if err != nil {
 			return 0, "", err
 		}
-		if t.same(id, e) {
+		switch t.check(id, e, e.path) {
+		case fileSame:
 			return id, e.path, nil
+		case fileGone:
+			if !t.repoint(id, e) {
+				return id, e.path, nil
+			}
+		case fileReplaced:
+			if !t.repoint(id, e) && t.forgetReplaced(id, e) {
+				return 0, "", errStaleHandle
+			}
 		}
-		if t.forgetReplaced(id, e) {
-			return 0, "", errStaleHandle
-		}
-		// The entry changed while we looked (an NFS rename moved it):
-		// check its new path.
+		// The entry changed while we looked (an NFS rename moved it, or
+		// it was re-pointed to an alias): check its new path.
 	}
 	return 0, "", errStaleHandle
-}
-
-// same reports whether the file at e.path is still the one id was
-// assigned to. Unknown (no export, the root, no identity, nothing at the
-// path) counts as the same: the procedure itself then reports what it
-// finds. An entry without identity gets the one seen now.
-func (t *handleTable) same(id uint64, e tableEntry) bool {
-	if t.keyAt == nil || id == rootID {
-		return true
-	}
-	cur, ok := t.keyAt(e.path)
-	switch {
-	case !ok:
-		return true
-	case !e.hasKey:
-		t.recordKey(id, e, cur)
-		return true
-	}
-	return cur.same(e.key)
 }
 
 // recordKey stores k for id if its entry is still e.
@@ -496,14 +542,13 @@ func (t *handleTable) recordKey(id uint64, e tableEntry, k fileKey) {
 
 // forgetReplaced drops id, whose path names another file now, if its
 // entry is still e; it reports false when the entry changed meanwhile. A
-// missing entry counts as dropped. Only id goes: ids below a replaced
-// directory are checked when they are next used.
+// missing entry counts as dropped. Only id (with all its names) goes: ids
+// below a replaced directory are checked when they are next used.
 func (t *handleTable) forgetReplaced(id uint64, e tableEntry) bool {
 	t.mu.Lock()
 	dropped := false
 	err := t.db.Update(func(tx *bolt.Tx) error {
-		paths, ids := tx.Bucket(bucketPaths), tx.Bucket(bucketIDs)
-		v := ids.Get(u64(id))
+		v := tx.Bucket(bucketIDs).Get(u64(id))
 		if v == nil {
 			return nil
 		}
@@ -511,13 +556,8 @@ func (t *handleTable) forgetReplaced(id uint64, e tableEntry) bool {
 		if ok && cur != e {
 			return errEntryChanged
 		}
-		if err := ids.Delete(u64(id)); err != nil {
+		if err := dropID(tx, u64(id), e); err != nil {
 			return err
-		}
-		if pv := paths.Get(pathKey(e.path)); pv != nil && binary.BigEndian.Uint64(pv) == id {
-			if err := paths.Delete(pathKey(e.path)); err != nil {
-				return err
-			}
 		}
 		dropped = true
 		return nil
@@ -534,8 +574,133 @@ func (t *handleTable) forgetReplaced(id uint64, e tableEntry) bool {
 
 var errEntryChanged = errors.New("table entry changed")
 
-// lookup returns the handle of an already known path, if the file at p
-// is still the one its id was assigned to (see resolve).
+// aliasKey is the aliases-bucket key of name p of id (idb: u64(id)).
+func aliasKey(idb []byte, p string) []byte {
+	k := make([]byte, 0, len(idb)+len(p))
+	return append(append(k, idb...), p...)
+}
+
+// aliasesIn lists the aliases of id (idb: u64(id)), copied out of bbolt.
+func aliasesIn(aliases *bolt.Bucket, idb []byte) []string {
+	var out []string
+	c := aliases.Cursor()
+	for k, _ := c.Seek(idb); k != nil && len(k) >= len(idb) && string(k[:len(idb)]) == string(idb); k, _ = c.Next() {
+		out = append(out, string(k[len(idb):]))
+	}
+	return out
+}
+
+// dropID deletes the entry of id (idb: u64(id)), which was e, and every
+// name bound to it.
+func dropID(tx *bolt.Tx, idb []byte, e tableEntry) error {
+	paths, ids, aliases := tx.Bucket(bucketPaths), tx.Bucket(bucketIDs), tx.Bucket(bucketAliases)
+	if err := ids.Delete(idb); err != nil {
+		return err
+	}
+	for _, n := range append(aliasesIn(aliases, idb), e.path) {
+		if err := aliases.Delete(aliasKey(idb, n)); err != nil {
+			return err
+		}
+		if v := paths.Get(pathKey(n)); v != nil && string(v) == string(idb) {
+			if err := paths.Delete(pathKey(n)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// promote makes alias a the primary name of id (idb: u64(id)) in place
+// of e.path, if a is still an alias of id; it reports whether it did.
+// The old primary name is unbound.
+func promote(tx *bolt.Tx, idb []byte, e tableEntry, a string) (bool, error) {
+	paths, ids, aliases := tx.Bucket(bucketPaths), tx.Bucket(bucketIDs), tx.Bucket(bucketAliases)
+	if aliases.Get(aliasKey(idb, a)) == nil {
+		return false, nil
+	}
+	if v := paths.Get(pathKey(a)); v == nil || string(v) != string(idb) {
+		return false, nil
+	}
+	if v := paths.Get(pathKey(e.path)); v != nil && string(v) == string(idb) {
+		if err := paths.Delete(pathKey(e.path)); err != nil {
+			return false, err
+		}
+	}
+	if err := aliases.Delete(aliasKey(idb, a)); err != nil {
+		return false, err
+	}
+	e.path = a
+	return true, ids.Put(idb, e.encode())
+}
+
+// aliasHolds reports whether alias a still names the file of entry e:
+// the identity at a is e's (any file, when e has no identity). Without an
+// export nothing can be checked and the alias is believed.
+func (t *handleTable) aliasHolds(e tableEntry, a string) bool {
+	if t.keyAt == nil {
+		return true
+	}
+	k, ok := t.keyAt(a)
+	return ok && (!e.hasKey || k.same(e.key))
+}
+
+// repoint makes an alias of id that still holds its file the primary
+// name, in place of e.path, which no longer does. It reports false when
+// no alias does or the entry is no longer e.
+func (t *handleTable) repoint(id uint64, e tableEntry) bool {
+	var names []string
+	_ = t.db.View(func(tx *bolt.Tx) error {
+		names = aliasesIn(tx.Bucket(bucketAliases), u64(id))
+		return nil
+	})
+	for _, a := range names {
+		if !t.aliasHolds(e, a) {
+			continue
+		}
+		t.mu.Lock()
+		done := false
+		_ = t.db.Update(func(tx *bolt.Tx) error {
+			cur, ok := decodeEntry(tx.Bucket(bucketIDs).Get(u64(id)))
+			if !ok || cur != e {
+				return nil
+			}
+			var err error
+			done, err = promote(tx, u64(id), cur, a)
+			return err
+		})
+		t.mu.Unlock()
+		if done && t.stale != nil {
+			t.stale(id)
+		}
+		return done
+	}
+	return false
+}
+
+// unbindAlias removes alias p of id, which holds another file now: the id
+// lives on under its other names.
+func (t *handleTable) unbindAlias(id uint64, p string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_ = t.db.Update(func(tx *bolt.Tx) error {
+		paths, aliases := tx.Bucket(bucketPaths), tx.Bucket(bucketAliases)
+		idb := u64(id)
+		if aliases.Get(aliasKey(idb, p)) == nil {
+			return nil
+		}
+		if err := aliases.Delete(aliasKey(idb, p)); err != nil {
+			return err
+		}
+		if v := paths.Get(pathKey(p)); v != nil && string(v) == string(idb) {
+			return paths.Delete(pathKey(p))
+		}
+		return nil
+	})
+}
+
+// lookup returns the handle of an already known path (any name of its
+// id), if the file at p is still the one its id was assigned to (see
+// resolve).
 func (t *handleTable) lookup(p string) ([]byte, uint64, bool) {
 	for range 3 {
 		var e tableEntry
@@ -553,10 +718,15 @@ func (t *handleTable) lookup(p string) ([]byte, uint64, bool) {
 		if !found {
 			return nil, 0, false
 		}
-		if t.same(id, e) {
+		if t.check(id, e, p) != fileReplaced {
 			return t.encode(id, e.gen[:]), id, true
 		}
-		if t.forgetReplaced(id, e) {
+		// Another file has the name p now.
+		switch {
+		case p != e.path:
+			t.unbindAlias(id, p)
+		case t.repoint(id, e):
+		case t.forgetReplaced(id, e):
 			return nil, 0, false
 		}
 	}
@@ -585,8 +755,9 @@ func (t *handleTable) assign(p string) ([]byte, error) {
 	err := t.db.Update(func(tx *bolt.Tx) error {
 		paths, ids, meta := tx.Bucket(bucketPaths), tx.Bucket(bucketIDs), tx.Bucket(bucketMeta)
 		if v := paths.Get(pathKey(p)); v != nil { // assigned meanwhile
-			id := binary.BigEndian.Uint64(v)
-			e, ok := decodeEntry(ids.Get(v))
+			idb := append([]byte(nil), v...)
+			id := binary.BigEndian.Uint64(idb)
+			e, ok := decodeEntry(ids.Get(idb))
 			if !ok {
 				return fmt.Errorf("handle table: id %d has no entry", id)
 			}
@@ -594,11 +765,18 @@ func (t *handleTable) assign(p string) ([]byte, error) {
 				h = t.encode(id, e.gen[:])
 				return nil
 			}
-			// Assigned to the file that had this name before.
-			if err := ids.Delete(v); err != nil {
-				return err
+			if e.path != p {
+				// An alias of another file: that file keeps its id.
+				if err := tx.Bucket(bucketAliases).Delete(aliasKey(idb, p)); err != nil {
+					return err
+				}
+			} else {
+				// Assigned to the file that had this name before.
+				if err := dropID(tx, idb, e); err != nil {
+					return err
+				}
+				replaced = append(replaced, id)
 			}
-			replaced = append(replaced, id)
 		}
 		id := binary.BigEndian.Uint64(meta.Get(keyNextID))
 		if err := meta.Put(keyNextID, u64(id+1)); err != nil {
@@ -629,48 +807,213 @@ func (t *handleTable) assign(p string) ([]byte, error) {
 	return h, nil
 }
 
-// forget drops p and everything below it; returns the ids dropped.
-// Their ids are never handed out again.
-func (t *handleTable) forget(p string) ([]uint64, error) {
+// linked records p, a name LINK (RFC 1813 §3.3.15) just made for the file
+// of id, as an alias of id: LOOKUP of p returns id's handle, and the id
+// survives the removal of its other names (knfsd's handles name the
+// inode, and the Linux client keeps using the linked file's handle for
+// the new name). Whatever the table still knew at p (a file removed
+// outside NFS: LINK found the name free) is forgotten.
+func (t *handleTable) linked(id uint64, p string) error {
+	if id == rootID || p == "" {
+		return nil
+	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	var dropped []uint64
+	var replaced []uint64
 	err := t.db.Update(func(tx *bolt.Tx) error {
-		paths, ids := tx.Bucket(bucketPaths), tx.Bucket(bucketIDs)
-		for _, kv := range subtree(paths, p) {
-			if err := paths.Delete(kv.path); err != nil {
-				return err
+		paths, ids, aliases := tx.Bucket(bucketPaths), tx.Bucket(bucketIDs), tx.Bucket(bucketAliases)
+		idb := u64(id)
+		e, ok := decodeEntry(ids.Get(idb))
+		if !ok || e.path == p {
+			return nil
+		}
+		if v := paths.Get(pathKey(p)); v != nil && string(v) != string(idb) {
+			old := append([]byte(nil), v...)
+			oe, ok := decodeEntry(ids.Get(old))
+			switch {
+			case !ok:
+			case oe.path == p:
+				if err := dropID(tx, old, oe); err != nil {
+					return err
+				}
+				replaced = append(replaced, binary.BigEndian.Uint64(old))
+			default:
+				if err := aliases.Delete(aliasKey(old, p)); err != nil {
+					return err
+				}
 			}
-			if err := ids.Delete(kv.id); err != nil {
-				return err
+		}
+		if err := paths.Put(pathKey(p), idb); err != nil {
+			return err
+		}
+		return aliases.Put(aliasKey(idb, p), aliasMark)
+	})
+	t.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("record link %q: %w", p, err)
+	}
+	t.live.Add(-int64(len(replaced)))
+	if len(replaced) > 0 && t.stale != nil {
+		t.stale(replaced...)
+	}
+	return nil
+}
+
+// isUnder reports whether name is p or below it.
+func isUnder(name, p string) bool {
+	return name == p || strings.HasPrefix(name, p+"/")
+}
+
+// aliasCandidates picks, for every id whose primary name is p or below
+// it, an alias that is not excluded and still holds the id's file
+// (aliasHolds), to re-point the id to when that name goes. It reads the
+// table, then stats the aliases without mu.
+func (t *handleTable) aliasCandidates(p string, excluded func(string) bool) map[uint64]string {
+	type candidate struct {
+		id    uint64
+		e     tableEntry
+		names []string
+	}
+	var cs []candidate
+	_ = t.db.View(func(tx *bolt.Tx) error {
+		ids, aliases := tx.Bucket(bucketIDs), tx.Bucket(bucketAliases)
+		for _, kv := range subtree(tx.Bucket(bucketPaths), p) {
+			e, ok := decodeEntry(ids.Get(kv.id))
+			if !ok || e.path != string(kv.path[1:]) {
+				continue
 			}
-			dropped = append(dropped, binary.BigEndian.Uint64(kv.id))
+			var names []string
+			for _, a := range aliasesIn(aliases, kv.id) {
+				if !excluded(a) {
+					names = append(names, a)
+				}
+			}
+			if len(names) > 0 {
+				cs = append(cs, candidate{binary.BigEndian.Uint64(kv.id), e, names})
+			}
 		}
 		return nil
 	})
+	alt := map[uint64]string{}
+	for _, c := range cs {
+		for _, a := range c.names {
+			if t.aliasHolds(c.e, a) {
+				alt[c.id] = a
+				break
+			}
+		}
+	}
+	return alt
+}
+
+// unbindName removes name kv (a paths-bucket key and its id) from the
+// table: an alias just goes; a primary name hands the id to its
+// alternative in alt (repointed) or, without one, drops the id with all
+// its names (dropped).
+func unbindName(tx *bolt.Tx, kv pathID, alt map[uint64]string) (dropped, repointed bool, err error) {
+	if err := tx.Bucket(bucketPaths).Delete(kv.path); err != nil {
+		return false, false, err
+	}
+	e, ok := decodeEntry(tx.Bucket(bucketIDs).Get(kv.id))
+	if !ok {
+		return false, false, nil
+	}
+	name := string(kv.path[1:])
+	if e.path != name {
+		return false, false, tx.Bucket(bucketAliases).Delete(aliasKey(kv.id, name))
+	}
+	if a, ok := alt[binary.BigEndian.Uint64(kv.id)]; ok {
+		done, err := promote(tx, kv.id, e, a)
+		if err != nil || done {
+			return false, done, err
+		}
+	}
+	return true, false, dropID(tx, kv.id, e)
+}
+
+// forget drops p and everything below it after a removal; returns the
+// ids dropped, which are never handed out again. An id with another name
+// that still holds its file (an alias LINK made) is re-pointed there
+// instead.
+func (t *handleTable) forget(p string) ([]uint64, error) {
+	alt := t.aliasCandidates(p, func(n string) bool { return isUnder(n, p) })
+	t.mu.Lock()
+	var dropped, repointed []uint64
+	err := t.db.Update(func(tx *bolt.Tx) error {
+		for _, kv := range subtree(tx.Bucket(bucketPaths), p) {
+			d, r, err := unbindName(tx, kv, alt)
+			if err != nil {
+				return err
+			}
+			id := binary.BigEndian.Uint64(kv.id)
+			if d {
+				dropped = append(dropped, id)
+			}
+			if r {
+				repointed = append(repointed, id)
+			}
+		}
+		return nil
+	})
+	t.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("forget %q: %w", p, err)
 	}
 	t.live.Add(-int64(len(dropped)))
+	if len(repointed) > 0 && t.stale != nil {
+		t.stale(repointed...)
+	}
 	return dropped, nil
 }
 
+// sameFile reports the id both from and to are names of, if they are.
+func (t *handleTable) sameFile(from, to string) (uint64, bool) {
+	var id uint64
+	same := false
+	_ = t.db.View(func(tx *bolt.Tx) error {
+		paths := tx.Bucket(bucketPaths)
+		vf, vt := paths.Get(pathKey(from)), paths.Get(pathKey(to))
+		if vf != nil && vt != nil && string(vf) == string(vt) {
+			id, same = binary.BigEndian.Uint64(vf), true
+		}
+		return nil
+	})
+	return id, same
+}
+
 // move re-points from (and everything below it) to to, after a rename.
-// Whatever was known at to is forgotten first. It returns the ids whose
-// path changed and the ids dropped.
+// Whatever was known at to is forgotten first (an id with another name
+// still holding its file is re-pointed there and counts as moved). It
+// returns the ids whose path changed and the ids dropped. A rename
+// between two names of one file does nothing (rename(2)), unless from
+// is gone afterwards.
 func (t *handleTable) move(from, to string) (moved, dropped []uint64, err error) {
+	if _, ok := t.sameFile(from, to); ok {
+		if t.keyAt == nil {
+			return nil, nil, nil
+		}
+		if _, ok := t.keyAt(from); ok {
+			return nil, nil, nil
+		}
+		dropped, err := t.forget(from)
+		return nil, dropped, err
+	}
+	alt := t.aliasCandidates(to, func(n string) bool { return isUnder(n, to) || isUnder(n, from) })
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	err = t.db.Update(func(tx *bolt.Tx) error {
-		paths, ids := tx.Bucket(bucketPaths), tx.Bucket(bucketIDs)
+		paths, ids, aliases := tx.Bucket(bucketPaths), tx.Bucket(bucketIDs), tx.Bucket(bucketAliases)
 		for _, kv := range subtree(paths, to) {
-			if err := paths.Delete(kv.path); err != nil {
+			d, r, err := unbindName(tx, kv, alt)
+			if err != nil {
 				return err
 			}
-			if err := ids.Delete(kv.id); err != nil {
-				return err
+			id := binary.BigEndian.Uint64(kv.id)
+			if d {
+				dropped = append(dropped, id)
 			}
-			dropped = append(dropped, binary.BigEndian.Uint64(kv.id))
+			if r {
+				moved = append(moved, id)
+			}
 		}
 		for _, kv := range subtree(paths, from) {
 			nk := string(pathKey(to)) + string(kv.path[len(pathKey(from)):])
@@ -684,9 +1027,19 @@ func (t *handleTable) move(from, to string) (moved, dropped []uint64, err error)
 			if !ok {
 				continue
 			}
-			e.path = nk[1:] // the identity moves with the file
-			if err := ids.Put(kv.id, e.encode()); err != nil {
-				return err
+			if old := string(kv.path[1:]); e.path != old {
+				// An alias: it moves, the id keeps its primary name.
+				if err := aliases.Delete(aliasKey(kv.id, old)); err != nil {
+					return err
+				}
+				if err := aliases.Put(aliasKey(kv.id, nk[1:]), aliasMark); err != nil {
+					return err
+				}
+			} else {
+				e.path = nk[1:] // the identity moves with the file
+				if err := ids.Put(kv.id, e.encode()); err != nil {
+					return err
+				}
 			}
 			moved = append(moved, binary.BigEndian.Uint64(kv.id))
 		}
