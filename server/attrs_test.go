@@ -280,6 +280,35 @@ func TestDiskAttributes(t *testing.T) {
 	}
 	sameAttrs(t, "REMOVE post-op", rw.After, statDisk(t, dir))
 
+	// RENAME across directories: each directory's pre-op attributes are
+	// its own (wcc_attr has no fileid: matched in call order).
+	preRoot, preSub := statDisk(t, dir), statDisk(t, filepath.Join(dir, "sub"))
+	time.Sleep(5 * time.Millisecond)
+	fw, tw, err := c.Rename(ctx, root, "ln", md.Handle, "ln2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fw.Before == nil || !fw.Before.Ctime.Equal(preRoot.ctime) || tw.Before == nil || !tw.Before.Ctime.Equal(preSub.ctime) {
+		t.Fatalf("RENAME pre-op from %+v to %+v, want ctimes %v %v", fw.Before, tw.Before, preRoot.ctime, preSub.ctime)
+	}
+	sameAttrs(t, "RENAME from-dir post-op", fw.After, statDisk(t, dir))
+	sameAttrs(t, "RENAME to-dir post-op", tw.After, statDisk(t, filepath.Join(dir, "sub")))
+	if st, err := c.FSStat(ctx, root); err != nil {
+		t.Fatal(err)
+	} else {
+		sameAttrs(t, "FSSTAT", st.Attr, statDisk(t, dir))
+	}
+	if pc, err := c.PathConf(ctx, h); err != nil {
+		t.Fatal(err)
+	} else {
+		sameAttrs(t, "PATHCONF", pc.Attr, statDisk(t, g))
+	}
+	if fi, err := c.FSInfo(ctx, root); err != nil {
+		t.Fatal(err)
+	} else {
+		sameAttrs(t, "FSINFO", fi.Attr, statDisk(t, dir))
+	}
+
 	// READDIRPLUS: every entry of every page, the later ones served from
 	// the listing cache.
 	dl, err := c.Lookup(ctx, root, "d")
