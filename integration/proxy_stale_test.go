@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/nfscache/nfscache/billyfs"
 	"github.com/nfscache/nfscache/client"
-	"github.com/nfscache/nfscache/server"
 )
 
 // nfsd-cache proxy --serve-stale across an upstream outage (our server,
@@ -172,24 +170,8 @@ func TestProxyServeStaleOff(t *testing.T) {
 	up := pxStartUpstream(t)
 	aWant := pxRandomFile(t, filepath.Join(up.Dir, "a.bin"), 500_000)
 	const bound = 1 * time.Second
-	fsys, err := billyfs.New(context.Background(), billyfs.Options{Addr: up.Addr, CacheDir: t.TempDir(),
+	fsys, _, port := pxInProcess(t, up, billyfs.Options{CacheDir: t.TempDir(),
 		Timeout: bound, AttrTimeout: 100 * time.Millisecond, Connections: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsys.Close()
-	srv, err := server.New(fsys, server.Options{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(l) }()
-	defer func() { srv.Close(); <-done }()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
 	url := srvURL(port, "/a.bin")
 	if sha256.Sum256(pxRun(t, nfsCat, url)) != aWant {
 		t.Fatal("nfs-cat before the outage differs")
