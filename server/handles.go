@@ -511,7 +511,9 @@ func (t *handleTable) resolve(h []byte) (uint64, string, error) {
 		case fileSame:
 			return id, e.path, nil
 		case fileGone:
-			if !t.repoint(id, e) {
+			// Without a recorded identity no alias can be checked (and
+			// the filesystem likely has none): skip the alias read.
+			if !e.hasKey || !t.repoint(id, e) {
 				return id, e.path, nil
 			}
 		case fileReplaced:

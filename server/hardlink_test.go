@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	billy "github.com/go-git/go-billy/v5"
@@ -359,5 +361,82 @@ func TestLinkAliasesOutOfBand(t *testing.T) {
 	_, err = c.Getattr(ctx, old)
 	wantStale(t, "GETATTR of the file that had the name", err)
 	useHandle(t, c, ctx, h, dir, "old", data, 2)
+	checkTable(t, s)
+}
+
+// Several clients run the link-then-unlink pattern at once, each on its
+// own files, in one directory: every handle stays alive through its
+// REMOVE, and the table ends consistent (run under -race).
+func TestLinkThenRemoveConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	s, addr := startServer(t, osfs.New(dir, osfs.WithBoundOS()), Options{})
+	const workers, rounds = 4, 15
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		c, ctx := dialOurs(t, addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			root := c.Root()
+			for i := range rounds {
+				tmp, final := fmt.Sprintf("tmp-%d-%d", w, i), fmt.Sprintf("final-%d-%d", w, i)
+				data := []byte(final)
+				r, err := c.Create(ctx, root, tmp, client.CreateHow{Mode: client.Guarded})
+				if err == nil {
+					_, err = c.Write(ctx, r.Handle, 0, data, client.FileSync)
+				}
+				if err == nil {
+					_, _, err = c.Link(ctx, r.Handle, root, final)
+				}
+				if err == nil {
+					_, err = c.Remove(ctx, root, tmp)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", final, err)
+					return
+				}
+				buf := make([]byte, 64)
+				rr, err := c.Read(ctx, r.Handle, 0, buf)
+				if err != nil || !bytes.Equal(buf[:rr.N], data) {
+					errs <- fmt.Errorf("READ %s through tmp's handle: %q %v", final, buf[:rr.N], err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	checkTable(t, s)
+}
+
+// A table written before aliases existed (no aliases bucket) opens and
+// records links.
+func TestLinkOnTableWithoutAliasBucket(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	tbl, err := openHandleTable(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tbl.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketAliases) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := tbl.close(); err != nil {
+		t.Fatal(err)
+	}
+	s, addr := startServer(t, osfs.New(dir, osfs.WithBoundOS()), Options{StateDir: state})
+	c, ctx := dialOurs(t, addr)
+	root := c.Root()
+	h := createFile(t, c, ctx, root, "tmp", []byte("x"))
+	if _, _, err := c.Link(ctx, h, root, "final"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Remove(ctx, root, "tmp"); err != nil {
+		t.Fatal(err)
+	}
+	useHandle(t, c, ctx, h, dir, "final", []byte("x"), 1)
 	checkTable(t, s)
 }
