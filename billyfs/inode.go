@@ -287,6 +287,26 @@ func (ino *inode) adopt(a *client.Attr) {
 	ino.s.putAttr(ino.fh, a)
 }
 
+// adoptRenamed is called after we renamed the file: the server may have
+// changed its ctime (Linux does), which the next open would take for a
+// remote change and invalidate the cache. RENAME returns no attributes of
+// the file, so GETATTR; a change of ctime alone is ours and is adopted
+// (a remote write would also have changed mtime or size).
+func (ino *inode) adoptRenamed(ctx context.Context) {
+	<-ino.ready
+	a, err := ino.s.clnt.Getattr(ctx, ino.fh)
+	if err != nil {
+		return
+	}
+	ino.mu.Lock()
+	ours := a.Size == ino.attr.Size && a.Mtime.Equal(ino.attr.Mtime)
+	if ours {
+		ino.attr = *a
+	}
+	ino.mu.Unlock()
+	ino.s.putAttr(ino.fh, a)
+}
+
 // refreshAttr adopts post-op attributes, or fetches them if the reply had
 // none.
 func (ino *inode) refreshAttr(ctx context.Context, a *client.Attr) {

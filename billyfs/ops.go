@@ -260,6 +260,9 @@ func (f *FS) Rename(from, to string) error {
 	if replaced != nil {
 		s.forgetInode(replaced)
 	}
+	if ino := s.liveInode(src.fh); ino != nil {
+		ino.adoptRenamed(ctx)
+	}
 	return nil
 }
 
