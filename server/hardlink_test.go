@@ -440,3 +440,85 @@ func TestLinkOnTableWithoutAliasBucket(t *testing.T) {
 	useHandle(t, c, ctx, h, dir, "final", []byte("x"), 1)
 	checkTable(t, s)
 }
+
+// BenchmarkLinkTable measures what aliases cost the table, in the same
+// run: REMOVE's table update (assign then forget of a name with no other
+// name, the common case: one extra read transaction looks for aliases)
+// against LINK + REMOVE of the original + REMOVE of the link (linked,
+// a forget that re-points the id after a statx of the alias, a forget
+// that drops it), and resolve of a handle whose file has an alias
+// against one without (no difference expected: aliases are only read
+// when the primary name fails its check).
+//
+//	go test ./server/ -run '^$' -bench LinkTable
+func BenchmarkLinkTable(b *testing.B) {
+	dir := b.TempDir()
+	for _, n := range []string{"plain", "orig", "alias"} {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte(n), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := os.Remove(filepath.Join(dir, "alias")); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(dir, "orig"), filepath.Join(dir, "alias")); err != nil {
+		b.Fatal(err)
+	}
+	s, err := New(osfs.New(dir, osfs.WithBoundOS()), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	var plainNs, aliasNs float64
+	b.Run("assign+forget/no-alias", func(b *testing.B) {
+		for b.Loop() {
+			must(s.table.assign("plain"))
+			must(s.table.forget("plain"))
+		}
+		plainNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	})
+	b.Run("assign+linked+forget-repoint+forget", func(b *testing.B) {
+		for b.Loop() {
+			id, _ := must2(s.table.resolveData(must(s.table.assign("orig"))))
+			if err := s.table.linked(id, "alias"); err != nil {
+				b.Fatal(err)
+			}
+			must(s.table.forget("orig")) // re-points to alias
+			if d := must(s.table.forget("alias")); len(d) != 1 || d[0] != id {
+				b.Fatalf("forget alias dropped %v, want [%d]", d, id)
+			}
+		}
+		aliasNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+		if plainNs > 0 {
+			b.ReportMetric(aliasNs/plainNs, "x-no-alias")
+		}
+	})
+	hp := must(s.table.assign("plain"))
+	ho := must(s.table.assign("orig"))
+	id, _ := must2(s.table.resolveData(ho))
+	if err := s.table.linked(id, "alias"); err != nil {
+		b.Fatal(err)
+	}
+	var resolvePlain float64
+	b.Run("resolve/no-alias", func(b *testing.B) {
+		for b.Loop() {
+			must2(s.table.resolve(hp))
+		}
+		resolvePlain = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	})
+	b.Run("resolve/with-alias", func(b *testing.B) {
+		for b.Loop() {
+			must2(s.table.resolve(ho))
+		}
+		if resolvePlain > 0 {
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/resolvePlain, "x-no-alias")
+		}
+	})
+}
+
+func must2[A, B any](a A, c B, err error) (A, B) {
+	if err != nil {
+		panic(err)
+	}
+	return a, c
+}
