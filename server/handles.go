@@ -58,8 +58,8 @@ var errStaleHandle = errors.New("server: stale file handle")
 // inode of a local file or NFSFileID of a RemoteAttributes file, plus the
 // birth time of a local file, because filesystems hand a freed inode
 // number to the next file created: rm f && touch f usually keeps the
-// number; not on overlayfs, see statxMaskFor). A file whose FileInfo has neither gets no identity and is
-// resolved by path alone. Guarantees, once attach has given the table its
+// number; not on overlayfs, see statxMaskFor). A file whose FileInfo has
+// neither gets no identity and is resolved by path alone. Guarantees, once attach has given the table its
 // exported filesystem:
 //
 //   - resolve and lookup (every procedure except READ, WRITE and COMMIT,
@@ -92,10 +92,23 @@ var errStaleHandle = errors.New("server: stale file handle")
 // is removed or renamed over through NFS, or found gone or replaced at a
 // resolve, the id is re-pointed to an alias that still holds the same
 // identity instead of being dropped; only when no name is left does the
-// handle go STALE. Links made outside NFS are unknown to the table: such
-// a name gets its own id at LOOKUP, and removing the name an id was
-// issued for makes that id STALE even if the file still has the other
-// name (knfsd would keep it).
+// handle go STALE. An alias found holding another file (replaced outside
+// NFS) is unbound at its LOOKUP; the id keeps its other names. Limits:
+//
+//   - Links made outside NFS are unknown to the table: such a name gets
+//     its own id at LOOKUP, and removing the name an id was issued for
+//     makes that id STALE even if the file still has the other name
+//     (knfsd would keep it). Finding a name for an inode would take a
+//     tree walk (open_by_handle_at gives an fd, not a path for billy).
+//   - READ, WRITE and COMMIT do not stat (resolveData): after the primary
+//     name was removed outside NFS they answer STALE on an open-file
+//     cache miss until a procedure that resolves (GETATTR, ACCESS, ...)
+//     has re-pointed the id. Through NFS, REMOVE and RENAME re-point it
+//     themselves, right after the name goes on disk.
+//   - forget and move pick the alias to re-point to before they take mu
+//     (keyAt is never called under it): a LINK of the same file landing
+//     in between is not considered, and the id may be dropped although
+//     the new name holds its file (that name then gets its own id).
 //
 // Concurrency: safe for concurrent use. mu serialises table changes so a
 // rename's prefix rewrite and a concurrent assignment cannot interleave;
