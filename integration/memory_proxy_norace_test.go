@@ -2,5 +2,5 @@
 
 package integration
 
-// raceEnabled: this test binary runs without the race detector.
-const raceEnabled = false
+// memRaceDetector: this test binary runs without the race detector.
+const memRaceDetector = false

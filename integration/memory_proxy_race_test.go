@@ -2,6 +2,6 @@
 
 package integration
 
-// raceEnabled: this test binary runs with the race detector, whose shadow
+// memRaceDetector: this test binary runs with the race detector, whose shadow
 // memory counts in a child's RSS.
-const raceEnabled = true
+const memRaceDetector = true

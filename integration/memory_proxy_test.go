@@ -159,7 +159,7 @@ func TestBillyfsMemoryBound(t *testing.T) {
 	}
 	size := memSize()
 	srv := bfsStartServer(t)
-	cmd := newTestChild(t, "TestBillyfsMemoryBound", memChildEnv+"="+srv.Addr, memCacheEnv+"="+t.TempDir(), memSizeEnv+"="+strconv.Itoa(size))
+	cmd := memTestChild(t, "TestBillyfsMemoryBound", memChildEnv+"="+srv.Addr, memCacheEnv+"="+t.TempDir(), memSizeEnv+"="+strconv.Itoa(size))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
@@ -189,7 +189,7 @@ func TestBillyfsMemoryBound(t *testing.T) {
 		t.Fatalf("read back through billyfs: sha %s…, want %s…", res.sum[:12], want[:12])
 	}
 	t.Logf("billyfs child (race detector: %v) streamed %d MiB in (%.0f MB/s incl. Close) and out (%.0f MB/s): peak RSS %d MiB (at start %d), bound %d MiB; dirty bytes peaked at %d MiB (limit %d MiB)",
-		raceEnabled, size>>20, res.wMBps, res.rMBps, res.peak>>20, res.start>>20, memBound>>20, res.dirtyMax>>20, res.limit>>20)
+		memRaceDetector, size>>20, res.wMBps, res.rMBps, res.peak>>20, res.start>>20, memBound>>20, res.dirtyMax>>20, res.limit>>20)
 	if res.peak > memBound {
 		t.Fatalf("billyfs peak RSS %d MiB over the %d MiB bound for a %d MiB file", res.peak>>20, memBound>>20, size>>20)
 	}
@@ -270,8 +270,8 @@ func memWatchDirty(fsys *billyfs.FS) (*atomic.Int64, func()) {
 	return &peak, func() { close(done); wg.Wait() }
 }
 
-// newTestChild is this test binary re-run for one test with extra env.
-func newTestChild(t *testing.T, test string, env ...string) *exec.Cmd {
+// memTestChild is this test binary re-run for one test with extra env.
+func memTestChild(t *testing.T, test string, env ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1", "-test.v")
 	cmd.Env = append(os.Environ(), env...)
@@ -312,7 +312,7 @@ func TestBillyfsDirtyThrottle(t *testing.T) {
 			}
 		}
 	}()
-	err := forEachN(writers, writers, func(w int) error {
+	err := fdlimForEach(writers, writers, func(w int) error {
 		f, err := fsys.Create(fmt.Sprintf("w%d", w))
 		if err != nil {
 			return err

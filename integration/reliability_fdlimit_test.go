@@ -66,10 +66,10 @@ func fdlimName(i int) string { return fmt.Sprintf("f%03d", i) }
 // fdlimRewritten says whether the billyfs child rewrote file i's head.
 func fdlimRewritten(i int) bool { return i%5 != 0 && i >= 150 && i < 150+fdlimWindow*5/4 }
 
-// isEMFILE: the error a low fd limit produces, however it is wrapped or
+// fdlimIsEMFILE: the error a low fd limit produces, however it is wrapped or
 // carried over the wire (the server reports it as text in logs; a client
 // would see NFS3ERR_IO, which the callers below report as any other error).
-func isEMFILE(err error) bool {
+func fdlimIsEMFILE(err error) bool {
 	return err != nil && (errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
 		strings.Contains(err.Error(), "too many open files"))
 }
@@ -281,7 +281,7 @@ func fdlimBillyfsChild(t *testing.T) {
 	}
 	check := func(what string, err error) {
 		t.Helper()
-		if isEMFILE(err) {
+		if fdlimIsEMFILE(err) {
 			t.Fatalf("EMFILE reached the caller: %s: %v", what, err)
 		}
 		if err != nil {
@@ -446,7 +446,7 @@ func fdlimServeRun(t *testing.T, kind, dir string, maxOpen int, c *fdlimChild) {
 	// One of ours creates and writes every file.
 	writer := relDial(t, addr, client.Options{Connections: 4, Timeout: time.Minute})
 	handles := make([]client.Handle, fdlimFiles)
-	err := forEachN(fdlimFiles, 16, func(i int) error {
+	err := fdlimForEach(fdlimFiles, 16, func(i int) error {
 		f, err := writer.Create(ctx, writer.Root(), fdlimName(i), client.CreateHow{Mode: client.Unchecked})
 		if err != nil {
 			return fmt.Errorf("create %s: %w", fdlimName(i), err)
@@ -474,7 +474,7 @@ func fdlimServeRun(t *testing.T, kind, dir string, maxOpen int, c *fdlimChild) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := forEachN(fdlimFiles, 8, func(k int) error {
+			err := fdlimForEach(fdlimFiles, 8, func(k int) error {
 				i := (k + r*167) % fdlimFiles
 				l, err := cl.Lookup(ctx, cl.Root(), fdlimName(i))
 				if err != nil {
@@ -608,8 +608,8 @@ func fdlimServerChild(t *testing.T) {
 	_ = srv.Serve(l) // until killed
 }
 
-// forEachN runs fn(0..n-1) on width goroutines and returns the first error.
-func forEachN(n, width int, fn func(i int) error) error {
+// fdlimForEach runs fn(0..n-1) on width goroutines and returns the first error.
+func fdlimForEach(n, width int, fn func(i int) error) error {
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex

@@ -266,7 +266,7 @@ func soakProxyRun(t *testing.T, opts billyfs.Options) {
 				}
 			}
 			sort.Strings(names)
-			if !sameSet(listed, names) {
+			if !soakSameSet(listed, names) {
 				t.Errorf("directory %q through the proxy lists %d entries, the model has %d", dir, len(listed), len(names))
 			}
 			for _, base := range names {
@@ -311,7 +311,7 @@ func soakProxyRun(t *testing.T, opts billyfs.Options) {
 		}
 		return nil
 	})
-	if !sameSet(onDisk, soakNames(model)) {
+	if !soakSameSet(onDisk, soakModelNames(model)) {
 		t.Errorf("%d files on the upstream, model has %d: %v", len(onDisk), len(model), onDisk)
 	}
 	if notDir > 0 {
@@ -370,7 +370,7 @@ func soakProxyRun(t *testing.T, opts billyfs.Options) {
 	}
 }
 
-func soakNames(m map[string][]byte) []string {
+func soakModelNames(m map[string][]byte) []string {
 	out := make([]string, 0, len(m))
 	for n := range m {
 		out = append(out, n)
@@ -379,7 +379,7 @@ func soakNames(m map[string][]byte) []string {
 	return out
 }
 
-func sameSet(a, b []string) bool {
+func soakSameSet(a, b []string) bool {
 	a = append([]string(nil), a...)
 	sort.Strings(a)
 	return strings.Join(a, " ") == strings.Join(b, " ")
@@ -484,8 +484,8 @@ func (w *soakWorker) runTheirsInDir(addr string, deadline time.Time) error {
 			for _, e := range ents {
 				names = append(names, dir+"/"+e.FileName)
 			}
-			if !sameSet(names, soakNames(w.model)) {
-				return fmt.Errorf("readdir %s: lists %v, model %v", dir, names, soakNames(w.model))
+			if !soakSameSet(names, soakModelNames(w.model)) {
+				return fmt.Errorf("readdir %s: lists %v, model %v", dir, names, soakModelNames(w.model))
 			}
 		}
 	}
