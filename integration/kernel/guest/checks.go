@@ -562,10 +562,21 @@ func (g *guest) linkUnlinkWrite() error {
 		return err
 	}
 	defer f.Close()
-	if err := os.Remove(tmp); err != nil {
+	// Read from the server before the unlink too, so that a server (the
+	// proxy) has the file open when one of its names goes.
+	if err := dropCaches(); err != nil {
 		return err
 	}
 	got := make([]byte, len(linkUnlinkData))
+	if _, err := f.ReadAt(got, 0); err != nil {
+		return fmt.Errorf("read through final: %w", err)
+	}
+	if err := os.Remove(tmp); err != nil {
+		return err
+	}
+	if err := dropCaches(); err != nil { // the next read goes to the server
+		return err
+	}
 	if _, err := f.ReadAt(got, 0); err != nil {
 		return fmt.Errorf("read through final after unlink(tmp): %w", err)
 	}
