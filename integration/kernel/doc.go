@@ -63,10 +63,15 @@
 // what the kernel sends with these mount options.
 //
 // Each mount goes through its own relay on 127.0.0.1 (sniffer_test.go)
-// that decodes every ONC RPC record: the test logs which calls the kernel
-// made and how the server answered each, fails when the server answers a
-// call as unimplemented (PROG_UNAVAIL, PROC_UNAVAIL, NFS3ERR_NOTSUPP), and
-// prints the READDIR exchanges and failed calls when a check fails. The
+// that decodes every ONC RPC record, and so does the proxy's connection to
+// its upstream: the test logs which calls the kernel made (and which the
+// proxy made upstream) and how they were answered, fails when a server
+// answers a call as unimplemented (PROG_UNAVAIL, PROC_UNAVAIL,
+// NFS3ERR_NOTSUPP), and prints the READDIR exchanges and failed calls when
+// a check fails. With NFSCACHE_KERNEL_TRACE=DIR it writes every NFS call
+// with handles, names, reply attributes and latency, per variant and boot
+// (and for the proxy's upstream), plus the console with the host's
+// timestamps, to DIR. The
 // relay also holds the kernel's reconnect while the server restarts, so
 // the kernel does not back off for seconds.
 //

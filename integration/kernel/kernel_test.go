@@ -217,7 +217,10 @@ type variant struct {
 	sniffer             *rpcSniffer
 
 	traffic map[string]*rpcTraffic // by phase
-	host    []hostResult           // checks the host made
+	// upstream relays the proxy's own calls to its upstream (proxy only).
+	upstream  *rpcSniffer
+	upTraffic map[string]*rpcTraffic // by phase
+	host      []hostResult           // checks the host made
 }
 
 // rpcTraffic is what the relay saw during one boot.
@@ -277,7 +280,7 @@ func TestLinuxKernelClient(t *testing.T) {
 		case "serve":
 			v = setupServe(t, filepath.Join(work, "serve"), logger.With("variant", "serve"))
 		case "proxy":
-			v = setupProxy(t, filepath.Join(work, "proxy"), upstreamBase(t), logger.With("variant", "proxy"))
+			v = setupProxy(t, filepath.Join(work, "proxy"), upstreamBase(t), traceDir != "", logger.With("variant", "proxy"))
 		}
 		addr := v.srv.addr // a restart listens on the same address
 		sn, err := newRPCSniffer(func() string { return addr }, traceDir != "")
@@ -309,12 +312,22 @@ func TestLinuxKernelClient(t *testing.T) {
 		for _, v := range vs {
 			c, r, f := v.sniffer.report()
 			v.traffic[phase] = &rpcTraffic{c, r, f}
-			if traceDir != "" {
-				p := filepath.Join(traceDir, v.name+"-"+phase+".trace")
-				if err := os.WriteFile(p, []byte(strings.Join(v.sniffer.takeTrace(), "\n")+"\n"), 0o644); err != nil {
+			if v.upstream != nil {
+				c, r, f := v.upstream.report()
+				v.upTraffic[phase] = &rpcTraffic{c, r, f}
+			}
+			if traceDir == "" {
+				continue
+			}
+			for side, sn := range map[string]*rpcSniffer{"": v.sniffer, "-upstream": v.upstream} {
+				if sn == nil {
+					continue
+				}
+				p := filepath.Join(traceDir, v.name+side+"-"+phase+".trace")
+				if err := os.WriteFile(p, []byte(strings.Join(sn.takeTrace(), "\n")+"\n"), 0o644); err != nil {
 					t.Errorf("writing the trace: %v", err)
 				}
-				t.Logf("%s: every NFS call of boot %s with handles, names and reply attributes: %s", v.name, phase, p)
+				t.Logf("%s%s: every NFS call of boot %s with handles, names, reply attributes and latency: %s", v.name, side, phase, p)
 			}
 		}
 	}
@@ -413,6 +426,9 @@ func TestLinuxKernelClient(t *testing.T) {
 	for _, v := range vs {
 		for _, phase := range []string{"write", "verify"} {
 			t.Logf("%s boot %s: calls the kernel made (program procedure → reply):\n\t%s", v.name, phase, strings.Join(v.traffic[phase].counts, "\n\t"))
+			if up := v.upTraffic[phase]; up != nil {
+				t.Logf("%s boot %s: calls the proxy made to its upstream:\n\t%s", v.name, phase, strings.Join(up.counts, "\n\t"))
+			}
 		}
 	}
 	t.Logf("summary (variant phase/check result):\n%s", strings.Join(summary, "\n"))
@@ -469,15 +485,23 @@ func setupServe(t *testing.T, work string, logger *slog.Logger) *variant {
 // our server's handle table below work). Between boots both restart: the
 // proxy's handles and cache must survive, and so must the upstream's
 // handles the proxy holds.
-func setupProxy(t *testing.T, work, upstreamBase string, logger *slog.Logger) *variant {
+func setupProxy(t *testing.T, work, upstreamBase string, tracing bool, logger *slog.Logger) *variant {
 	exportDir, upState := filepath.Join(upstreamBase, "export"), filepath.Join(work, "upstream-state")
 	cacheDir, stateDir := filepath.Join(work, "cache"), filepath.Join(work, "proxy-state")
 	makeExport(t, exportDir)
 	upLog := logger.With("side", "upstream")
 	up := startServer(t, "127.0.0.1:0", exportDir, upState, upLog)
-	v := &variant{name: "proxy", known: knownProxy, dataDir: exportDir}
+	// billyfs reaches the upstream through a relay too: the test sees what
+	// the proxy sends upstream for what the kernel asked.
+	upAddr := up.addr // a restart listens on the same address
+	upSn, err := newRPCSniffer(func() string { return upAddr }, tracing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(upSn.close)
+	v := &variant{name: "proxy", known: knownProxy, dataDir: exportDir, upstream: upSn, upTraffic: map[string]*rpcTraffic{}}
 	v.start = func(t *testing.T, addr string) *runningServer {
-		return startProxy(t, addr, up.addr, cacheDir, stateDir, logger.With("side", "proxy"))
+		return startProxy(t, addr, upSn.addr(), cacheDir, stateDir, logger.With("side", "proxy"))
 	}
 	v.srv = v.start(t, "127.0.0.1:0")
 	v.restartBetweenBoots = func(t *testing.T) {

@@ -115,8 +115,14 @@ func (v *variant) report(t *testing.T, boots []*guestRun) (summary []string) {
 					if traffic == nil || len(traffic.counts) == 0 {
 						t.Fatalf("the relay saw no RPC traffic")
 					}
+					counts := traffic.counts
+					if up := v.upTraffic[b.phase]; up != nil {
+						for _, c := range up.counts {
+							counts = append(counts, "upstream: "+c)
+						}
+					}
 					var bad []string
-					for _, c := range unimplemented(traffic.counts) {
+					for _, c := range unimplemented(counts) {
 						key, _, _ := strings.Cut(c, ":")
 						if why, ok := v.known.unimplemented[key]; ok {
 							t.Logf("KNOWN UNIMPLEMENTED %s (%s)", c, why)
@@ -125,7 +131,7 @@ func (v *variant) report(t *testing.T, boots []*guestRun) (summary []string) {
 						bad = append(bad, c)
 					}
 					if len(bad) > 0 {
-						t.Errorf("%s: the server answered calls of the kernel as unimplemented:\n%s", v.name, strings.Join(bad, "\n"))
+						t.Errorf("%s: the server (or, for the proxy, its upstream) answered calls as unimplemented:\n%s", v.name, strings.Join(bad, "\n"))
 					}
 				})
 				if msgs := b.kernelNFSMessages(); len(msgs) > 0 {
