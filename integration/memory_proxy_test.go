@@ -280,7 +280,7 @@ func memTestChild(t *testing.T, test string, env ...string) *exec.Cmd {
 
 // TestBillyfsDirtyThrottle: with a small writeback threshold (1 MiB
 // dirty limit, dirty data never expiring by age), four writers pushing
-// 16 MiB each through billyfs are throttled: the dirty bytes held in the
+// 8 MiB each through billyfs are throttled: the dirty bytes held in the
 // cache never exceed the limit (sampled every millisecond), writers
 // waited in the throttle, the process heap does not grow with the data,
 // and every byte reaches the server.
@@ -288,7 +288,7 @@ func TestBillyfsDirtyThrottle(t *testing.T) {
 	const (
 		limit   = 1 << 20
 		writers = 4
-		perFile = 16 << 20
+		perFile = 8 << 20
 		chunk   = 128 << 10
 	)
 	srv := bfsStartServer(t)
