@@ -94,10 +94,7 @@ func (s *state) probe() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(s.ctx, s.opts.OutageDetect)
-		err := s.clnt.Null(ctx)
-		cancel()
-		if err != nil {
+		if !s.probeAll() {
 			continue
 		}
 		s.outageMu.Lock()
@@ -135,6 +132,28 @@ func (s *state) healed(err error, clean bool) bool {
 	}
 	s.log.Debug("billyfs: writeback error of the outage healed: everything is written back", "err", err)
 	return true
+}
+
+// probeAll sends NULL on every connection at once (the client spreads
+// calls round-robin, so 2×Connections calls reach each connection) and
+// reports whether all were answered within OutageDetect: an outage ends
+// only when no connection is still redialing, or the next revalidation
+// on a lagging one would start another.
+func (s *state) probeAll() bool {
+	ctx, cancel := context.WithTimeout(s.ctx, s.opts.OutageDetect)
+	defer cancel()
+	n := 2 * s.opts.Connections
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- s.clnt.Null(ctx) }()
+	}
+	ok := true
+	for range n {
+		if err := <-errs; err != nil {
+			ok = false
+		}
+	}
+	return ok
 }
 
 // stopProbe makes noteErr start no more probes and waits for a running
