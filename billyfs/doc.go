@@ -95,9 +95,11 @@
 //   - The upstream is declared down by the first call that fails with a
 //     connection error (no reply, connection lost, refused, reset); a
 //     revalidation gives it only Options.OutageDetect (default 3 s) to
-//     answer. One Warn line is logged; a NULL probe then runs until the
-//     upstream answers, which is logged once at Info with the outage's
-//     length and the number of stale answers given.
+//     answer. One Warn line is logged; a NULL probe then runs every
+//     half OutageDetect (at most 500 ms) until NULLs on every connection
+//     are answered, which is logged once at Info with the outage's
+//     length and the number of stale answers given. Stats reports
+//     UpstreamDown, Outages and StaleAnswers.
 //   - While it is down, attributes, names (LOOKUP), directory listings
 //     (READDIRPLUS), symbolic link targets and FSSTAT are answered from
 //     the last copy validated with the upstream, provided that validation
