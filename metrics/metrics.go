@@ -115,6 +115,7 @@ var fscacheFields = []fscacheField{
 	{"culled_total", "Objects culled (cachefilesd).", false, func(s *fscache.Stats) *int64 { return &s.Culled }},
 	{"cull_passes_total", "Culling passes.", false, func(s *fscache.Stats) *int64 { return &s.CullPasses }},
 	{"discards_total", "Cached ranges discarded.", false, func(s *fscache.Stats) *int64 { return &s.Discards }},
+	{"fd_exhausted_total", "Backing opens that met EMFILE/ENFILE; an evictable fd was closed and the open retried.", false, func(s *fscache.Stats) *int64 { return &s.FDExhausted }},
 }
 
 // writebackField is fscacheField's counterpart for writeback.Stats.
@@ -140,6 +141,11 @@ const (
 	nameBytesFromCache    = ns + "bytes_from_cache_total"
 	nameBytesFromUpstream = ns + "bytes_from_upstream_total"
 	nameInodes            = ns + "inodes"
+	nameUpstreamDown      = ns + "upstream_down"
+	nameUpstreamOutages   = ns + "upstream_outages_total"
+	nameStaleAnswers      = ns + "stale_answers_total"
+	nameRecovered         = ns + "crash_recovered_objects_total"
+	nameConflicts         = ns + "crash_conflict_objects_total"
 	nameUpstreamDuration  = ns + "upstream_rpc_duration_seconds"
 	nameUpstreamErrors    = ns + "upstream_rpc_errors_total"
 	nameUpstreamWritten   = ns + "upstream_written_bytes_total"
@@ -200,6 +206,21 @@ func New(opts Options) *Collector {
 		func(s *snapshot) float64 { return float64(s.fs.RPC.BytesRead) })
 	fsScalar(nameInodes, "Inodes of the proxy's filesystem in memory.", prometheus.GaugeValue,
 		func(s *snapshot) float64 { return float64(s.fs.Inodes) })
+	fsScalar(nameUpstreamDown, "1 while the upstream is unreachable (an outage detected with --serve-stale), else 0.", prometheus.GaugeValue,
+		func(s *snapshot) float64 {
+			if s.fs.UpstreamDown {
+				return 1
+			}
+			return 0
+		})
+	fsScalar(nameUpstreamOutages, "Upstream outages detected (with --serve-stale).", prometheus.CounterValue,
+		func(s *snapshot) float64 { return float64(s.fs.Outages) })
+	fsScalar(nameStaleAnswers, "Attributes, names, listings, link targets and FSSTATs answered from the last validated copy during outages.", prometheus.CounterValue,
+		func(s *snapshot) float64 { return float64(s.fs.StaleAnswers) })
+	fsScalar(nameRecovered, "Dirty objects a crashed predecessor left in the cache that were written back at start.", prometheus.CounterValue,
+		func(s *snapshot) float64 { return float64(s.fs.Recovered) })
+	fsScalar(nameConflicts, "Dirty objects left by a crash kept in <cache-dir>/conflicts because the remote file had changed.", prometheus.CounterValue,
+		func(s *snapshot) float64 { return float64(s.fs.Conflicts) })
 	fsScalar(nameUpstreamWritten, "File data bytes the upstream acknowledged with WRITE.", prometheus.CounterValue,
 		func(s *snapshot) float64 { return float64(s.fs.RPC.BytesWritten) })
 	fsScalar(nameUpstreamResent, "Bytes written again after the upstream's write verifier changed (it restarted).", prometheus.CounterValue,

@@ -99,6 +99,8 @@ func TestCollectorScrapeMatchesSources(t *testing.T) {
 		`nfscache_upstream_rpc_duration_seconds_sum{procedure="GETATTR"} `,
 		`nfscache_served_rpc_calls_total{procedure="READ"} `,
 		"nfscache_writeback_dirty_bytes ", "nfscache_writeback_pinned_inodes ",
+		"nfscache_upstream_down ", "nfscache_upstream_outages_total ", "nfscache_stale_answers_total ",
+		"nfscache_fscache_fd_exhausted_total ", "nfscache_crash_recovered_objects_total ",
 		"go_goroutines ", "process_open_fds ",
 	} {
 		if !strings.Contains(text, "\n"+series) {
@@ -131,6 +133,42 @@ func TestCollectorScrapeMatchesSources(t *testing.T) {
 	}
 	out := rep.String()
 	for _, line := range []string{"FS-Cache statistics\n", "Cookies: n=1 ", "IO     : rd=", "Hits   : ratio=", "  READ "} {
+		if !strings.Contains(out, line) {
+			t.Errorf("report lacks %q:\n%s", line, out)
+		}
+	}
+}
+
+// statsValue is an FSSource that returns fixed statistics: it checks the
+// mapping of billyfs.Stats fields that a healthy proxy leaves at zero
+// (outages, crash recovery, EMFILE) onto series and back.
+type statsValue billyfs.Stats
+
+func (s statsValue) Stats() billyfs.Stats { return billyfs.Stats(s) }
+
+func TestOutageAndRecoverySeriesRoundTrip(t *testing.T) {
+	var src statsValue
+	src.UpstreamDown, src.Outages, src.StaleAnswers = true, 3, 17
+	src.Recovered, src.Conflicts = 2, 1
+	src.Cache.FDExhausted = 5
+	hs := httptest.NewServer(metrics.New(metrics.Options{FS: src}).Handler())
+	defer hs.Close()
+	resp, err := http.Get(hs.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	rep, err := metrics.ParseText(strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.UpstreamDown || rep.Outages != 3 || rep.StaleAnswers != 17 || rep.CrashRecovered != 2 ||
+		rep.CrashConflict != 1 || rep.Cache.FDExhausted != 5 {
+		t.Errorf("round trip lost values: %+v", rep)
+	}
+	out := rep.String()
+	for _, line := range []string{"Outage : down=1 outages=3 stale_answers=17\n", "Crash  : recovered=2 conflicts=1\n", "emfile=5"} {
 		if !strings.Contains(out, line) {
 			t.Errorf("report lacks %q:\n%s", line, out)
 		}

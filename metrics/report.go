@@ -41,6 +41,10 @@ type Report struct {
 	ServedConnections                float64
 	ServedOpenFiles, ServedHandles   float64
 
+	UpstreamDown                  bool
+	Outages, StaleAnswers         float64
+	CrashRecovered, CrashConflict float64
+
 	// HasCache says the scrape had fscache series (a proxy with a cache).
 	HasCache bool
 }
@@ -82,11 +86,16 @@ func ParseText(r io.Reader) (Report, error) {
 		nameUpstreamRetrans: &rep.Retransmissions, nameUpstreamReconnect: &rep.Reconnects,
 		nameServedReadBytes: &rep.ServedReadBytes, nameServedWriteBytes: &rep.ServedWriteByte,
 		nameServedConns: &rep.ServedConnections, nameServedOpenFiles: &rep.ServedOpenFiles,
-		nameServedHandles: &rep.ServedHandles,
+		nameServedHandles:   &rep.ServedHandles,
+		nameUpstreamOutages: &rep.Outages, nameStaleAnswers: &rep.StaleAnswers,
+		nameRecovered: &rep.CrashRecovered, nameConflicts: &rep.CrashConflict,
 	} {
 		if v, ok := value(name); ok {
 			*dst = v
 		}
+	}
+	if v, ok := value(nameUpstreamDown); ok {
+		rep.UpstreamDown = v != 0
 	}
 	for _, m := range fams[nameUpstreamDuration].GetMetric() {
 		found = true
@@ -153,6 +162,12 @@ func (r Report) String() string {
 		w.DirtyBytes, w.DirtyInodes, w.PinnedInodes, w.HeldInodes, w.PagesWritten, w.WriteErrors, w.ThrottleWaits)
 	fmt.Fprintf(&b, "Inodes : n=%.0f\n", r.Inodes)
 	fmt.Fprintf(&b, "Upstrm : wr_bytes=%.0f resent=%.0f retrans=%.0f reconn=%.0f\n", r.UpstreamWritten, r.UpstreamResent, r.Retransmissions, r.Reconnects)
+	down := 0
+	if r.UpstreamDown {
+		down = 1
+	}
+	fmt.Fprintf(&b, "Outage : down=%d outages=%.0f stale_answers=%.0f\n", down, r.Outages, r.StaleAnswers)
+	fmt.Fprintf(&b, "Crash  : recovered=%.0f conflicts=%.0f\n", r.CrashRecovered, r.CrashConflict)
 	fmt.Fprintf(&b, "Served : rd_bytes=%.0f wr_bytes=%.0f conns=%.0f open=%.0f handles=%.0f\n",
 		r.ServedReadBytes, r.ServedWriteByte, r.ServedConnections, r.ServedOpenFiles, r.ServedHandles)
 	b.WriteString("RPC upstream (procedure calls errors avg_ms):\n")
