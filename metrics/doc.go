@@ -38,6 +38,11 @@
 //     latencies), bytes served, connections.
 //   - nfscache_writeback_*: dirty bytes, dirty and pinned inodes
 //     (writeback's PinningCacheWB), pages written, errors, throttles.
+//   - nfscache_upstream_down, nfscache_upstream_outages_total,
+//     nfscache_stale_answers_total: outages of the upstream seen with
+//     --serve-stale and what was answered from the last validated copy;
+//     nfscache_crash_recovered_objects_total / _conflict_objects_total:
+//     dirty data a crashed predecessor left, written back or kept aside.
 //
 // # Reading it back
 //
