@@ -1,12 +1,14 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	billy "github.com/go-git/go-billy/v5"
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -65,6 +67,14 @@ type openFile struct {
 // A hit costs one fstat per WRITE and nothing per READ (it reuses the
 // post-op fstat); the identity is checked on a miss only.
 //
+// Running out of descriptors (EMFILE/ENFILE): max is a budget, not a
+// promise that the process may open that many (RLIMIT_NOFILE is shared
+// with connections, the state db and go-nfs's own opens). An open that
+// fails for want of a descriptor closes the least recently used idle
+// cached file and retries (openRetrying), as fscache does for its backing
+// files, so a full table costs the cache a file, not the client an
+// NFS3ERR_IO.
+//
 // Concurrency: safe for concurrent use. Lock order: openFiles.missMu, then
 // openFile.mu; the LRU's eviction callback runs outside the LRU's lock.
 type openFiles struct {
@@ -74,6 +84,9 @@ type openFiles struct {
 	missMu   sync.Mutex    // one opener per miss, so an id is never opened twice
 	tokens   chan struct{} // one per open fd, capacity max
 	fds      atomic.Int64
+	// exhausted counts opens that failed with EMFILE/ENFILE (each then
+	// retried after giving back an idle cached fd, or after a pause).
+	exhausted atomic.Uint64
 	// table gives the identity recorded for an id (set by attach; nil:
 	// not checked).
 	table *handleTable
@@ -91,8 +104,9 @@ func newOpenFiles(base billy.Filesystem, max int, readOnly bool) (*openFiles, er
 
 func (o *openFiles) evict(of *openFile) {
 	of.mu.Lock()
+	// Already evicted: closeIdle claimed it and closes it itself.
+	closeNow := !of.evicted && of.refs == 0
 	of.evicted = true
-	closeNow := of.refs == 0
 	of.mu.Unlock()
 	if closeNow {
 		o.closeFile(of)
@@ -162,18 +176,18 @@ func (o *openFiles) acquireFile(id uint64, p string, write bool) (*openFile, *ta
 	var f billy.File
 	writable := false
 	if !o.readOnly {
-		f, err = o.base.OpenFile(basePath(p), os.O_RDWR, 0)
+		f, err = o.openRetrying(func() (billy.File, error) { return o.base.OpenFile(basePath(p), os.O_RDWR, 0) })
 		writable = err == nil
 	}
 	if f == nil {
-		if write {
+		if write || fdExhausted(err) {
 			if err == nil {
 				err = os.ErrPermission
 			}
 			<-o.tokens
 			return nil, nil, err
 		}
-		if f, err = o.base.OpenFile(basePath(p), os.O_RDONLY, 0); err != nil {
+		if f, err = o.openRetrying(func() (billy.File, error) { return o.base.OpenFile(basePath(p), os.O_RDONLY, 0) }); err != nil {
 			<-o.tokens
 			return nil, nil, err
 		}
@@ -187,6 +201,72 @@ func (o *openFiles) acquireFile(id uint64, p string, write bool) (*openFile, *ta
 	o.fds.Add(1)
 	o.lru.Add(id, of)
 	return of, nil, nil
+}
+
+// fdRetries bounds how often an open that found no free descriptor is
+// retried; with the pauses of openRetrying that is at most ~0.25 s when
+// the cache has no idle file to give back.
+const fdRetries = 8
+
+// fdExhausted reports whether err says the process (EMFILE) or the
+// system (ENFILE) has no descriptor left.
+func fdExhausted(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
+
+// openRetrying calls open until it succeeds, fails for another reason
+// than a lack of descriptors, or has been retried fdRetries times. Before
+// each retry it closes the least recently used idle cached file; when
+// every cached file is in use (the descriptors are held elsewhere: other
+// connections, go-nfs's transient opens) it pauses instead, 1 ms doubling,
+// for them to be given back. It needs no lock of the cache, so any open
+// of the export can use it.
+func (o *openFiles) openRetrying(open func() (billy.File, error)) (billy.File, error) {
+	pause := time.Millisecond
+	for attempt := 0; ; attempt++ {
+		f, err := open()
+		if err == nil || !fdExhausted(err) {
+			return f, err
+		}
+		o.exhausted.Add(1)
+		if attempt == fdRetries {
+			return nil, fmt.Errorf("%w (after closing idle cached files and %d retries)", err, fdRetries)
+		}
+		if !o.closeIdle() {
+			time.Sleep(pause)
+			pause *= 2
+		}
+	}
+}
+
+// closeIdle closes the least recently used cached file no request is
+// using, and reports whether there was one. The file is claimed (marked
+// evicted, so no request can take it any more) under its own lock before
+// it leaves the LRU; the eviction callback leaves a claimed file alone.
+func (o *openFiles) closeIdle() bool {
+	for _, id := range o.lru.Keys() { // oldest first
+		of, ok := o.lru.Peek(id)
+		if !ok {
+			continue
+		}
+		of.mu.Lock()
+		idle := of.refs == 0 && !of.evicted
+		if idle {
+			of.evicted = true
+		}
+		of.mu.Unlock()
+		if !idle {
+			continue
+		}
+		// Remove only if the id still maps to this file: a concurrent
+		// miss may have replaced it (then the new file stays cached).
+		if cur, ok := o.lru.Peek(id); ok && cur == of {
+			o.lru.Remove(id)
+		}
+		o.closeFile(of)
+		return true
+	}
+	return false
 }
 
 // checkOpened compares a freshly opened file (fstat: what was really
@@ -266,6 +346,28 @@ func (o *openFiles) closeAll() { o.lru.Purge() }
 
 // open reports how many fds the cache holds right now.
 func (o *openFiles) open() int64 { return o.fds.Load() }
+
+// fdExhaustedCount reports how many opens failed with EMFILE/ENFILE.
+func (o *openFiles) fdExhaustedCount() uint64 { return o.exhausted.Load() }
+
+// defaultMaxOpenFiles is Options.MaxOpenFiles when zero, for a process
+// whose soft RLIMIT_NOFILE is soft: half of it, leaving the other half
+// for connections, the state db and go-nfs's own opens, and within
+// [8, defaultFiles].
+func defaultMaxOpenFiles(soft uint64) int {
+	return int(min(defaultFiles, max(8, soft/2)))
+}
+
+// processMaxOpenFiles is defaultMaxOpenFiles for this process's current
+// soft limit, read when a Server is built (a program may lower its limit
+// after start). Unknown: defaultFiles (openRetrying copes if too many).
+func processMaxOpenFiles() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return defaultFiles
+	}
+	return defaultMaxOpenFiles(lim.Cur)
+}
 
 func (of *openFile) readAt(b []byte, off int64) (int, error) {
 	n, err := of.f.ReadAt(b, off)

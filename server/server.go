@@ -38,7 +38,11 @@ type Options struct {
 	// UNSTABLE writes and COMMIT are unaffected.
 	Async bool
 	// MaxOpenFiles bounds the files kept open for READ/WRITE reuse.
-	// Zero: 256.
+	// Zero: half the process's soft RLIMIT_NOFILE as New finds it,
+	// within [8, 256] (64 under `ulimit -n 128`); the other half is left
+	// for connections, the state db and go-nfs's own opens. Whatever the
+	// bound, an open that finds no descriptor free (EMFILE/ENFILE) closes
+	// an idle cached file and retries rather than failing the call.
 	MaxOpenFiles int
 	// Logger receives connection and error events. Nil: discarded.
 	Logger *slog.Logger
@@ -103,8 +107,8 @@ func New(fsys billy.Filesystem, opts Options) (*Server, error) {
 		s.allow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 	}
 	if opts.MaxOpenFiles <= 0 {
-		opts.MaxOpenFiles = defaultFiles
-		s.opts.MaxOpenFiles = defaultFiles
+		opts.MaxOpenFiles = processMaxOpenFiles()
+		s.opts.MaxOpenFiles = opts.MaxOpenFiles
 	}
 	if _, err := rand.Read(s.verifier[:]); err != nil {
 		return nil, fmt.Errorf("server: write verifier: %w", err)

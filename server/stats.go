@@ -58,6 +58,10 @@ type Stats struct {
 	Connections, Rejected, Malformed uint64
 	// OpenFiles is the number of files the open-file cache holds now.
 	OpenFiles int64
+	// FDExhausted counts opens of exported files that failed with
+	// EMFILE/ENFILE (too many open files); each was retried after
+	// closing an idle cached file (or a short pause).
+	FDExhausted uint64
 	// Handles is the number of file ids in the handle table.
 	Handles int
 }
@@ -85,6 +89,7 @@ func (s *Server) Stats() Stats {
 	st.Rejected = s.stats.rejected.Load()
 	st.Malformed = s.stats.bad.Load()
 	st.OpenFiles = s.open.open()
+	st.FDExhausted = s.open.fdExhaustedCount()
 	st.Handles = s.table.count()
 	return st
 }
