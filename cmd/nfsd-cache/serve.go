@@ -29,7 +29,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	readOnly := fl.Bool("read-only", false, "refuse every change with NFS3ERR_ROFS")
 	async := fl.Bool("async", false, "acknowledge stable (FILE_SYNC) writes before they reach the disk, like knfsd's async export: faster, but a host crash loses acknowledged data")
 	allow := fl.String("allow", "", "comma-separated client networks allowed to connect, e.g. 10.0.0.0/8,192.168.1.7/32 (default: loopback only)")
-	maxOpen := fl.Int("max-open-files", 0, "files kept open for reuse by READ/WRITE (default 256)")
+	maxOpen := fl.Int("max-open-files", 0, "files kept open for reuse by READ/WRITE (default: half the soft open-file limit, ulimit -n, at most 256)")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
 	if code, done := parseCommand(fl, args, stderr,
 		"Usage: nfsd-cache serve [flags]",
