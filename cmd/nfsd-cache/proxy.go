@@ -34,7 +34,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	listen := fl.String("listen", "127.0.0.1:2049", "TCP address clients mount (NFS and MOUNT on this one port)")
 	stateDir := fl.String("state-dir", "", "persistent file-handle table: handles stay valid across restarts that reuse it (default: DIR/handles under --cache-dir)")
 	maxSize := fl.String("cache-max-size", "", "bound on cached data, e.g. 500M, 10G, 1T (default: culled by free space only)")
-	maxOpen := fl.Int("max-open-files", 0, "bound on open cache backing files, and on files the server keeps open (default 64 and 256)")
+	maxOpen := fl.Int("max-open-files", 0, "bound on open cache backing files, and on files the server keeps open (default: 64 backing files; the server half of ulimit -n, at most 256)")
 	attrTimeout := fl.Duration("attr-timeout", 0, "how long upstream attributes and names are cached; opens always revalidate (default 3s, negative: never cache)")
 	upTimeout := fl.Duration("upstream-timeout", 0, "how long a call to the upstream waits and retries (through reconnects) before failing with a timeout error (default 60s)")
 	conns := fl.Int("connections", 0, "TCP connections to the upstream (nconnect, default 4)")
