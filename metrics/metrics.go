@@ -161,6 +161,7 @@ const (
 	nameServedMalformed   = ns + "served_malformed_connections_total"
 	nameServedOpenFiles   = ns + "served_open_files"
 	nameServedHandles     = ns + "served_handles"
+	nameServedEMFILE      = ns + "served_fd_exhausted_total"
 )
 
 // NFSProcNames are the NFSv3 procedure names (RFC 1813 §3.3), indexed by
@@ -244,6 +245,9 @@ func New(opts Options) *Collector {
 		func(s *snapshot) float64 { return float64(s.srv.OpenFiles) })
 	srvScalar(nameServedHandles, "File ids in the persistent handle table.", prometheus.GaugeValue,
 		func(s *snapshot) float64 { return float64(s.srv.Handles) })
+
+	srvScalar(nameServedEMFILE, "Opens of exported files that met EMFILE/ENFILE; an idle cached file was closed and the open retried.", prometheus.CounterValue,
+		func(s *snapshot) float64 { return float64(s.srv.FDExhausted) })
 
 	c.upstreamDur = prometheus.NewDesc(nameUpstreamDuration,
 		"Calls the proxy sent to the upstream and their total latency, by procedure.", []string{"procedure"}, nil)

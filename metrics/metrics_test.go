@@ -100,7 +100,7 @@ func TestCollectorScrapeMatchesSources(t *testing.T) {
 		`nfscache_served_rpc_calls_total{procedure="READ"} `,
 		"nfscache_writeback_dirty_bytes ", "nfscache_writeback_pinned_inodes ",
 		"nfscache_upstream_down ", "nfscache_upstream_outages_total ", "nfscache_stale_answers_total ",
-		"nfscache_fscache_fd_exhausted_total ", "nfscache_crash_recovered_objects_total ",
+		"nfscache_fscache_fd_exhausted_total ", "nfscache_served_fd_exhausted_total ", "nfscache_crash_recovered_objects_total ",
 		"go_goroutines ", "process_open_fds ",
 	} {
 		if !strings.Contains(text, "\n"+series) {
