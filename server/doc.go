@@ -11,6 +11,15 @@
 //     (a renamed file keeps its handle), removed ids are never reused, and
 //     nothing is ever evicted. Forged or tampered handles fail the MAC
 //     (NFS3ERR_BADHANDLE); handles of removed files are NFS3ERR_STALE.
+//     The table also records each file's identity (inode + birth time
+//     from statx for a disk export, RemoteAttributes' NFSFileID for any
+//     other), so a name reused outside NFS (rm + create, rm -r + mkdir)
+//     makes the old handles STALE and gets a fresh id, as knfsd's
+//     inode + generation does. READ, WRITE and COMMIT act on cached fds
+//     whose identity is checked when they are opened, and are STALE once
+//     their inode has no link left. A name LINK makes (RFC 1813 §3.3.15)
+//     shares the file's handle, which lives while any of its names does;
+//     links made outside NFS get their own handle per name.
 //   - Confinement: every path is cleaned lexically under the root; for
 //     disk exports pass osfs.New(dir, osfs.WithBoundOS()), and Remove,
 //     Rename and the Change calls go through os.Root, so neither "..",
@@ -22,11 +31,17 @@
 //     (LOOKUP "." is the directory itself); a directory handle naming a
 //     non-directory (a symlink would be followed) is NOTDIR.
 //   - Error mapping: go-nfs maps errors with os.IsNotExist and friends
-//     (which do not unwrap) and reports most failures as IO or ACCES. Each
-//     in-process go-nfs connection ("lane") has its own filesystem view
-//     that records the errno of a failing change; the transport rewrites
-//     the reply to the precise status (NOTEMPTY, EXIST, NOTDIR, ISDIR,
-//     ROFS, NOSPC, ...).
+//     (which do not unwrap) and reports most failures as IO or ACCES, and
+//     any failing Lstat of LOOKUP as NOENT. Each in-process go-nfs
+//     connection ("lane") has its own filesystem view that records the
+//     errno of a failing change, and of a failing Lstat, Stat, ReadDir or
+//     Readlink in any procedure; the transport rewrites the reply to the
+//     precise status (NOTEMPTY, EXIST, NOTDIR, ISDIR, ROFS, NOSPC, ...;
+//     EIO is IO, not NOENT, so an exported filesystem whose upstream is
+//     down does not make clients cache negative entries; ETIMEDOUT and
+//     EAGAIN are IO, not JUKEBOX, which hard mounts retry forever). A
+//     listing with an entry that cannot be stat'ed fails whole (IO):
+//     leaving the entry out would claim the name does not exist.
 //   - Transport: the server owns TCP. It enforces the allow-list at
 //     accept, parses record marking (RFC 5531 §11), answers MOUNT EXPORT,
 //     and answers READ, WRITE, COMMIT and FSINFO itself: READ reads
@@ -64,11 +79,18 @@
 //     Close. FIFOs and devices are never opened.
 //
 // Known limits: a panic inside go-nfs would stop the process (it runs
-// the relayed procedures); a hard link gets its own handle per name
-// (handles name paths); fattr3 used is the size (go-nfs's figure), not
-// the allocated bytes.
+// the relayed procedures); hard links made outside NFS get one handle per
+// name (the table learns of links only through LINK), so removing the
+// name a handle was issued for makes it STALE although the file has
+// another name (knfsd would keep it); after a LINKed file's primary name
+// is removed outside NFS, READ/WRITE/COMMIT missing the open-file cache
+// answer STALE until a procedure that resolves (GETATTR, ACCESS, ...)
+// re-points the handle (see handleTable); fattr3 used is the size
+// (go-nfs's figure), not the allocated bytes.
 //
 // Lock order: Server.mu → (nothing); handleTable.mu → bbolt;
-// openFiles.missMu → openFile.mu. No lock is held while writing to a
-// network connection except clientConn.wmu, which only serialises writes.
+// openFiles.missMu → openFile.mu. handleTable.mu is released before
+// openFiles is told of stale ids; openFiles.missMu may be held across a
+// bbolt read. No lock is held while writing to a network connection
+// except clientConn.wmu, which only serialises writes.
 package server

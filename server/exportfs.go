@@ -72,6 +72,9 @@ type recorder interface {
 	seenList(list []os.FileInfo)
 	// sattrTimes is what the current call's sattr3 asks for the times.
 	sattrTimes() sattrTimes
+	// recordLookup receives the error of a failing non-mutating access
+	// (Lstat, Stat, ReadDir, Readlink), for the same rewrite.
+	recordLookup(err error)
 }
 
 // exportFS is the billy.Filesystem go-nfs operates on. All paths are
@@ -94,6 +97,14 @@ var (
 func (e *exportFS) note(err error) error {
 	if err != nil && e.rec != nil {
 		e.rec.record(err)
+	}
+	return err
+}
+
+// noteLookup records the error of a non-mutating access.
+func (e *exportFS) noteLookup(err error) error {
+	if err != nil && e.rec != nil {
+		e.rec.recordLookup(err)
 	}
 	return err
 }
@@ -154,12 +165,12 @@ func (e *exportFS) OpenFile(p string, flag int, perm os.FileMode) (billy.File, e
 
 func (e *exportFS) Stat(p string) (os.FileInfo, error) {
 	fi, err := e.base.Stat(basePath(rel(p)))
-	return e.seen(fi), err
+	return e.seen(fi), e.noteLookup(err)
 }
 
 func (e *exportFS) Lstat(p string) (os.FileInfo, error) {
 	fi, err := e.base.Lstat(basePath(rel(p)))
-	return e.seen(fi), err
+	return e.seen(fi), e.noteLookup(err)
 }
 
 func (e *exportFS) ReadDir(p string) ([]os.FileInfo, error) {
@@ -170,7 +181,7 @@ func (e *exportFS) ReadDir(p string) ([]os.FileInfo, error) {
 	if e.rec != nil {
 		e.rec.seenList(ents)
 	}
-	return ents, err
+	return ents, e.noteLookup(err)
 }
 
 // seen prepares fi for go-nfs and logs it.
@@ -184,7 +195,11 @@ func (e *exportFS) seen(fi os.FileInfo) os.FileInfo {
 	}
 	return fi
 }
-func (e *exportFS) Readlink(p string) (string, error) { return e.base.Readlink(basePath(rel(p))) }
+
+func (e *exportFS) Readlink(p string) (string, error) {
+	target, err := e.base.Readlink(basePath(rel(p)))
+	return target, e.noteLookup(err)
+}
 
 func (e *exportFS) TempFile(dir, prefix string) (billy.File, error) {
 	if e.readOnly {

@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io/fs"
 	"math"
 	"net"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,13 +40,26 @@ type lane struct {
 
 	proc    uint32
 	lastErr error
+	// lookupErr is the error of a failing Lstat/Stat/ReadDir/Readlink
+	// during the call (see recordLookup).
+	lookupErr error
 	// attrs logs the FileInfos go-nfs obtained during the call, for
 	// patchReply; times is what the call's sattr3 asks for atime/mtime.
 	attrs attrLog
 	times sattrTimes
 }
 
-func (ln *lane) record(err error)            { ln.lastErr = err }
+func (ln *lane) record(err error) { ln.lastErr = err }
+
+// recordLookup keeps the first failure of a non-mutating access other
+// than ENOENT, else the ENOENT: a call may probe several names (LOOKUP
+// stats the directory, then the name), and a missing name after an I/O
+// error is a consequence, not the cause.
+func (ln *lane) recordLookup(err error) {
+	if ln.lookupErr == nil || (errors.Is(ln.lookupErr, fs.ErrNotExist) && !errors.Is(err, fs.ErrNotExist)) {
+		ln.lookupErr = err
+	}
+}
 func (ln *lane) procedure() uint32           { return ln.proc }
 func (ln *lane) seen(fi os.FileInfo)         { ln.attrs.add(fi) }
 func (ln *lane) seenList(list []os.FileInfo) { ln.attrs.addList(list) }
@@ -78,7 +93,7 @@ const forwardTimeout = 2 * time.Minute
 func (s *Server) forward(call *rpcCall) ([]byte, error) {
 	ln := <-s.lanes
 	defer func() { s.lanes <- ln }()
-	ln.lastErr = nil
+	ln.lastErr, ln.lookupErr = nil, nil
 	ln.proc = ^uint32(0)
 	ln.times = sattrTimes{}
 	ln.attrs.reset()
@@ -104,8 +119,11 @@ func (s *Server) forward(call *rpcCall) ([]byte, error) {
 	if call.prog != progNFS {
 		return reply, nil
 	}
-	if ln.lastErr != nil {
+	switch {
+	case ln.lastErr != nil:
 		reply = fixStatus(reply, call.proc, ln.lastErr)
+	case ln.lookupErr != nil:
+		reply = fixLookupStatus(reply, call.proc, ln.lookupErr)
 	}
 	if err := patchReply(reply, call.proc, &ln.attrs); err != nil {
 		s.log.Debug("reply attributes left as go-nfs encoded them", "call", call.String(), "err", err)
@@ -131,32 +149,78 @@ func fixStatus(reply []byte, proc uint32, cause error) []byte {
 	default:
 		return reply
 	}
-	if len(reply) < 24 || binary.BigEndian.Uint32(reply[8:12]) != msgAccepted {
+	return rewriteStatus(reply, body, statusOf(cause), nfs.NFSStatusIO, nfs.NFSStatusAccess, nfs.NFSStatusServerFault)
+}
+
+// rewriteStatus replaces a go-nfs error reply whose status is one of
+// lossy (or an RPC system error) by status st followed by body zero
+// bytes (empty attributes). Successful replies and other statuses are
+// left alone: go-nfs found those itself.
+func rewriteStatus(reply []byte, body int, st nfs.NFSStatus, lossy ...nfs.NFSStatus) []byte {
+	if st == nfs.NFSStatusOk || len(reply) < 24 || binary.BigEndian.Uint32(reply[8:12]) != msgAccepted {
 		return reply
 	}
-	acceptStat := binary.BigEndian.Uint32(reply[20:24])
-	switch acceptStat {
+	switch binary.BigEndian.Uint32(reply[20:24]) {
 	case acceptSystemErr, goNFSSystemErr:
 	case acceptSuccess:
-		if len(reply) < 28 {
-			return reply
-		}
-		switch nfs.NFSStatus(binary.BigEndian.Uint32(reply[24:28])) {
-		case nfs.NFSStatusIO, nfs.NFSStatusAccess, nfs.NFSStatusServerFault:
-		default:
+		if len(reply) < 28 || !slices.Contains(lossy, nfs.NFSStatus(binary.BigEndian.Uint32(reply[24:28]))) {
 			return reply
 		}
 	default:
-		return reply
-	}
-	st := statusOf(cause)
-	if st == nfs.NFSStatusOk {
 		return reply
 	}
 	xid := binary.BigEndian.Uint32(reply[0:4])
 	out := appendAcceptedHeader(make([]byte, 0, 28+body), xid, acceptSuccess)
 	out = binary.BigEndian.AppendUint32(out, uint32(st))
 	return append(out, make([]byte, body)...)
+}
+
+// fixLookupStatus gives a failed call the status of the errno that made
+// one of its Lstat/Stat/ReadDir/Readlink calls fail. go-nfs answers any
+// such failure of LOOKUP with NOENT (and of READDIR with NOTDIR, READLINK
+// with ACCES): an exported filesystem whose upstream is down
+// (*fs.PathError{Err: EIO}) made clients cache a negative entry for a
+// file that may well exist. The error arms rebuilt here carry only an
+// absent post_op_attr (RFC 1813 §3.3), GETATTR's nothing.
+//
+// In a changing procedure a failed probe is only trusted when it is not
+// ENOENT: CREATE, MKDIR, SYMLINK... stat the new name expecting ENOENT.
+func fixLookupStatus(reply []byte, proc uint32, cause error) []byte {
+	var body int
+	switch proc {
+	case ProcGetAttr:
+		body = 0
+	case ProcLookup, ProcAccess, ProcReadlink, ProcReadDir, ProcReadDirPlus, ProcFSStat, ProcPathConf:
+		body = 4
+	case ProcSetAttr, ProcCreate, ProcMkdir, ProcSymlink, ProcMknod, ProcRemove, ProcRmdir:
+		body = 8
+	case ProcRename:
+		body = 16
+	default:
+		return reply
+	}
+	if body >= 8 && errors.Is(cause, fs.ErrNotExist) {
+		return reply
+	}
+	return rewriteStatus(reply, body, lookupStatus(cause),
+		nfs.NFSStatusNoEnt, nfs.NFSStatusNotDir, nfs.NFSStatusIO, nfs.NFSStatusAccess, nfs.NFSStatusServerFault)
+}
+
+// lookupStatus is statusOf for a failed non-mutating access, with the
+// transient errnos spelled out. ETIMEDOUT and EAGAIN (an exported
+// filesystem giving up on its upstream) are NFS3ERR_IO, not
+// NFS3ERR_JUKEBOX: RFC 1813 §2.6 defines JUKEBOX as "the server initiated
+// the request, but was not able to complete it in a timely fashion" and
+// clients are to retry it; the Linux client retries JUKEBOX forever on a
+// hard mount (nfs3_rpc_wrapper), which would turn the exported
+// filesystem's bounded error into a hang of the application. IO lets the
+// application see EIO and decide.
+func lookupStatus(err error) nfs.NFSStatus {
+	switch {
+	case errors.Is(err, syscall.ETIMEDOUT), errors.Is(err, syscall.EAGAIN):
+		return nfs.NFSStatusIO
+	}
+	return statusOf(err)
 }
 
 // goNFSSystemErr is what go-nfs v0.0.4 puts on the wire for its
