@@ -249,8 +249,8 @@ func appendAcceptedHeader(b []byte, xid, stat uint32) []byte {
 	return be.AppendUint32(b, stat)
 }
 
-// dispatch answers one call: MOUNT EXPORT, READ, WRITE, COMMIT and FSINFO
-// here, everything else through go-nfs. An error closes the connection.
+// dispatch answers one call: MOUNT EXPORT, READ, WRITE, COMMIT, FSINFO,
+// READDIR and READDIRPLUS here, everything else through go-nfs. An error closes the connection.
 func (s *Server) dispatch(cc *clientConn, call *rpcCall) error {
 	if call.rpcvers != 2 {
 		b := binary.BigEndian.AppendUint32(nil, call.xid)
@@ -286,6 +286,8 @@ func (s *Server) dispatch(cc *clientConn, call *rpcCall) error {
 			return s.onFSInfo(cc, call)
 		case ProcLink:
 			return s.onLink(cc, call)
+		case ProcReadDir, ProcReadDirPlus:
+			return s.onReadDir(cc, call)
 		case ProcCreate:
 			if done, err := s.onCreateExclusive(cc, call); done {
 				return err
