@@ -24,6 +24,10 @@ type exportCore struct {
 	// osRoot confines Chtimes/Lchown/Chown for an osfs export whose billy
 	// type lacks billy.Change (osfs BoundOS has only Chmod).
 	osRoot *os.Root
+	// relayReadDir sends READDIR and READDIRPLUS to go-nfs instead of
+	// answering them in the transport: only BenchmarkReadDir sets it (its
+	// baseline, in the same run); set before Serve.
+	relayReadDir bool
 }
 
 // linker is how LINK makes a hard link: through os.Root for a disk

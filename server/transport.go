@@ -287,7 +287,9 @@ func (s *Server) dispatch(cc *clientConn, call *rpcCall) error {
 		case ProcLink:
 			return s.onLink(cc, call)
 		case ProcReadDir, ProcReadDirPlus:
-			return s.onReadDir(cc, call)
+			if !s.core.relayReadDir {
+				return s.onReadDir(cc, call)
+			}
 		case ProcCreate:
 			if done, err := s.onCreateExclusive(cc, call); done {
 				return err
