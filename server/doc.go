@@ -49,8 +49,10 @@
 //     honours stable_how (UNSTABLE is answered UNSTABLE and made durable
 //     by COMMIT; the write verifier changes with every server instance;
 //     Options.Async is knfsd's "async"). It also answers what go-nfs gets
-//     wrong: LINK (go-nfs misdecodes its arguments) and CREATE EXCLUSIVE
-//     (refused by go-nfs; here the verifier is kept in atime/mtime).
+//     wrong: LINK (go-nfs misdecodes its arguments), CREATE EXCLUSIVE
+//     (refused by go-nfs; here the verifier is kept in atime/mtime), and
+//     READDIR/READDIRPLUS (go-nfs charges 512 bytes per entry, so a
+//     64 KiB reply held ~127 entries; see onReadDir).
 //     Up to 16 calls of one connection are in flight. Every other call is
 //     relayed to go-nfs over in-process net.Pipe connections and its reply
 //     relayed back (replies are matched by xid, so order does not matter).
@@ -70,8 +72,15 @@
 //     mtime-only change to the old mtime), and its guard is checked
 //     against the real ctime. LINK goes through os.Root or a HardLinker,
 //     FSSTAT through a UsageReporter when the export implements one.
-//   - Directory listings are kept per cookie verifier (a small LRU), so
-//     the pages of a READDIRPLUS walk do not re-read the directory.
+//   - Directory listings (RFC 1813 §3.3.16-17) are kept per cookie
+//     verifier (a small LRU), so the pages of a walk do not re-read the
+//     directory. Each reply is filled with entries by their exact XDR
+//     size up to count / maxcount, and their fileid, name and cookie up
+//     to dircount (Linux sends maxcount/8), never over either; entries
+//     carry the same fattr3 as GETATTR and the handle LOOKUP gives.
+//     Cookies are positions + 1 ("." is 1, ".." 2), so none is 0; a
+//     cookie under a verifier neither current nor remembered is
+//     BAD_COOKIE.
 //   - Open-file reuse: READ/WRITE/COMMIT use an LRU (golang-lru) of open
 //     files keyed by file id, bounded by Options.MaxOpenFiles (a hard
 //     bound: a miss waits when every cached file is in use), closed on
