@@ -2,6 +2,7 @@ package billyfs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"syscall"
 	"time"
@@ -74,8 +75,15 @@ func (f *FS) Link(target, link string) error {
 	after, _, err := s.clnt.Link(ctx, src.fh, dir, name)
 	s.dirChanged(dir)
 	if err != nil {
-		s.dropChild(dir, name)
-		s.dropAttr(src.fh)
+		// EEXIST changed nothing: the existing entry stays valid. Dropping
+		// it makes the next lookup learn the upstream's own handle for
+		// that name, which for a name we linked ourselves may differ from
+		// ours (a server whose handles name paths): a second inode for
+		// the same file. Other errors leave the name unknown.
+		if !errors.Is(err, syscall.EEXIST) {
+			s.dropChild(dir, name)
+			s.dropAttr(src.fh)
+		}
 		return s.pathErr("link", link, err)
 	}
 	s.putChild(dir, name, src.fh)

@@ -299,11 +299,49 @@ func (f *FS) Remove(name string) error {
 		return s.pathErr("remove", name, err)
 	}
 	if n.attr.Type == client.TypeReg {
-		s.forgetInode(n.fh)
+		s.removedLink(ctx, n)
 	} else {
 		s.forgetAttr(n.fh)
 	}
 	return nil
+}
+
+// removedLink is called after we removed one name of the regular file n.
+// Like nfs_unlink (which only drops the link count; the inode and its
+// dirty pages go with the last link), the inode is forgotten only when the
+// file is gone: another link keeps its data, cached and dirty. A file with
+// one link and no open file costs no RPC beyond the REMOVE; otherwise a
+// GETATTR asks the server whether a link is left (our cached nlink may be
+// outdated, and losing an open file's writes is what must not happen).
+func (s *state) removedLink(ctx context.Context, n node) {
+	ino := s.liveInode(n.fh)
+	open := false
+	if ino != nil {
+		s.mu.Lock()
+		open = ino.opens > 0
+		s.mu.Unlock()
+		open = open || ino.dirty()
+	}
+	if n.attr.Nlink <= 1 && !open {
+		s.forgetInode(n.fh)
+		return
+	}
+	a, err := s.clnt.Getattr(ctx, n.fh)
+	switch {
+	case err == nil && a.Nlink > 0:
+		if ino != nil {
+			<-ino.ready
+			ino.refreshAttr(ctx, a)
+		} else {
+			s.putAttr(n.fh, a)
+		}
+	case err != nil && isConnErr(err) && n.attr.Nlink > 1:
+		// Unknown, but the file had other links: keep its data (a wrong
+		// guess costs a cache entry, the other one a write).
+		s.dropAttr(n.fh)
+	default: // gone (ESTALE, nlink 0) or had a single link
+		s.forgetInode(n.fh)
+	}
 }
 
 // ReadDir lists a directory (READDIRPLUS), sorted by name.
