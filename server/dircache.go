@@ -133,6 +133,9 @@ func (s *Server) onReadDir(cc *clientConn, call *rpcCall) error {
 	if x.bad {
 		return cc.send(garbage(call.xid))
 	}
+	// knfsd caps replies at its maximum payload too: a client asking for
+	// 4 GiB must not make the server build the whole directory in memory.
+	count, dircount = min(count, MaxTransfer), min(dircount, MaxTransfer)
 	const errZeros = 4 // dir_attributes: none
 	_, p, err := s.table.resolve(fh)
 	if err != nil {
@@ -170,7 +173,10 @@ func (s *Server) onReadDir(cc *clientConn, call *rpcCall) error {
 	be := binary.BigEndian
 	size := dirReplyFixed
 	dirBytes := 0
-	b := appendAcceptedHeader(make([]byte, 0, 24+min(int(count), 1<<20)), call.xid, acceptSuccess)
+	// The reply is at most the RPC header and count bytes.
+	bp := s.bufs.get(24 + int(count))
+	defer s.bufs.put(bp)
+	b := appendAcceptedHeader((*bp)[:0], call.xid, acceptSuccess)
 	b = be.AppendUint32(b, uint32(nfs.NFSStatusOk))
 	b = appendPostOpAttr(b, dirInfo, p)
 	b = be.AppendUint64(b, v)
