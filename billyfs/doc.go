@@ -77,6 +77,21 @@
 // wcc_data without pre-op attributes); nor is one that keeps size, mtime
 // and ctime equal.
 //
+// The invariant (issues #6, #8): revalidation never discards, truncates or
+// hides data of an acknowledged write. The attributes an open fetched
+// predate its own count as a writer, so a File that opened meanwhile may
+// have written and written back since: a difference only says "look
+// closer". Revalidation then holds inode.fillMu exclusively — every local
+// write holds it shared, cached ones from the cache write to their dirty
+// marks, writes through for their WRITE — writes back what is dirty, and
+// fetches the attributes again; only if those differ from ours is the
+// size set from them and the cache truncated and invalidated, still under
+// fillMu. A write acknowledged before that decision is therefore on the
+// server and in the attributes compared; one acknowledged after it lands
+// on the new version. A size from the upstream older than our own last
+// write is never adopted. Truncate (SETATTR size) holds fillMu the same
+// way, so a concurrent write is wholly before or wholly after it.
+//
 // Attributes and directory entries are cached for Options.AttrTimeout
 // (acregmin/acdirmin); Stat and ReadDir may show another client's change
 // that late; open does not. A stale handle (NFS3ERR_STALE) makes the FS
@@ -203,13 +218,20 @@
 //
 // FS and File are safe for concurrent use by many goroutines; a server such
 // as go-nfs calls them from many connections at once. Close must not race
-// with other calls. Lock order: state.mu → inode.mu; inode.revalMu and
-// inode.fillMu are taken before inode.mu and never while holding
+// with other calls. Lock order: state.mu → inode.mu; inode.revalMu →
+// inode.fillMu → inode.mu, the first two never taken while holding
 // state.mu; File.mu is taken before all of them. No lock of this package is
 // held while calling client, fscache or writeback, except inode.fillMu
 // (an I/O ordering lock): held exclusively around cache fills, invalidation
-// and the switch to bypass, and shared by a cached write from its cache
+// and the switch to bypass, and by revalidation and truncate from their
+// write-back of dirty data through their GETATTR/SETATTR to the truncate
+// and invalidation of the cache; shared by a cached write from its cache
 // write through its dirty marks (fscache MarkDirty, writeback MarkDirty,
-// which may throttle) — nothing the flusher's writeback needs, so a
-// throttled writer cannot block the writeback it waits for.
+// which may throttle) and by a write through for its WRITE. The flusher's
+// writeback (WritePages, WriteInode) takes no lock of this package but
+// inode.mu and state.mu briefly, so neither a throttled writer nor a
+// revalidation flushing under fillMu can block the writeback it waits
+// for. While a revalidation that found a difference, or a truncate, runs,
+// writes and cache fills of that file wait (up to one write-back and one
+// round trip; during an outage up to Options.Timeout).
 package billyfs

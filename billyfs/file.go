@@ -329,10 +329,7 @@ func (f *File) Close() error {
 	}
 	ino := f.ino
 	if f.ckUse {
-		ino.mu.Lock()
-		a, size := aux(ino.attr), ino.size
-		ino.mu.Unlock()
-		if uerr := ino.ck.Unuse(a, size); uerr != nil {
+		if uerr := ino.unuseCookie(); uerr != nil {
 			f.fs.s.log.Debug("billyfs: unuse cookie", "err", uerr)
 		}
 	}

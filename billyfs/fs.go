@@ -68,6 +68,22 @@ type state struct {
 	probes         sync.WaitGroup
 	outages        atomic.Int64
 	staleAnswers   atomic.Int64
+
+	hooks testHooks // set only by tests, before any call
+}
+
+// testHooks are points where a test can stop a revalidation to force an
+// interleaving (export_test.go); nil in normal use.
+type testHooks struct {
+	revalidateStart func() // an open has its attributes and counts itself, nothing compared yet
+	revalidateAct   func() // revalidation decided the file changed, before it truncates and invalidates
+	closeUnuse      func() // File.Close sampled the size to record, before Cookie.Unuse
+}
+
+func runHook(h func()) {
+	if h != nil {
+		h()
+	}
 }
 
 type dentry struct {

@@ -21,9 +21,11 @@ import (
 // size, its fscache cookie and its writeback state.
 //
 // Concurrency: opens and elem are guarded by state.mu; the fields under mu
-// by mu. fillMu orders cache fills from the server (exclusive) against
-// local writes into the cache (shared), so a fill never overwrites data
-// written locally. revalMu serializes revalidations at open.
+// by mu. fillMu orders cache fills from the server, revalidation's
+// truncate/invalidate and truncate (exclusive) against local writes
+// (shared), so a fill never overwrites data written locally and no write
+// acknowledged is cut or dropped by a decision made without it. revalMu
+// serializes revalidations at open. Order: revalMu → fillMu → mu.
 type inode struct {
 	s  *state
 	fh client.Handle
@@ -238,6 +240,23 @@ func (ino *inode) release(retire, force bool) error {
 	return errors.Join(errs...)
 }
 
+// unuseCookie drops an open File's cookie use (fscache_unuse_cookie in
+// nfs_release), recording the inode's attributes and local size as the
+// cookie's coherency data. Unuse cuts the object — its present data and
+// its dirty records — to the size given, so the size must count every
+// write already in the cache: fillMu is held exclusively from sampling it
+// to the Unuse, and a concurrent cached write (which extends the object
+// and the local size under fillMu shared) is wholly before or after.
+func (ino *inode) unuseCookie() error {
+	ino.fillMu.Lock()
+	defer ino.fillMu.Unlock()
+	ino.mu.Lock()
+	a, size := aux(ino.attr), ino.size
+	ino.mu.Unlock()
+	runHook(ino.s.hooks.closeUnuse)
+	return ino.ck.Unuse(a, size)
+}
+
 // dirty reports whether the inode holds data not yet on the server's stable
 // storage.
 func (ino *inode) dirty() bool {
@@ -334,13 +353,24 @@ func (ino *inode) flush(ctx context.Context) error {
 // revalidate is the open half of close-to-open (nfs_revalidate_inode at
 // open): if the server's size/mtime/ctime differ from what we last knew
 // (our own writes included), the cached data is another version of the
-// file and is invalidated (fscache_invalidate). Our unwritten data is
-// written back first, so it is neither lost nor mistaken for a remote
-// change. While another File of ours has the file open for writing, a
-// change is taken to be ours (attributes fetched before our latest write
-// landed look "changed"), as the Linux client does when the inode has
-// writers (nfs_file_has_buffered_writers): the data is kept.
+// file and is invalidated (fscache_invalidate). While another File of ours
+// has the file open for writing, a change is taken to be ours, as the
+// Linux client does when the inode has writers
+// (nfs_file_has_buffered_writers): the data is kept.
+//
+// server was fetched before this open counted itself as a writer, so it may
+// predate a write of ours (a File opened meanwhile wrote and wrote back):
+// it only says "look closer". The decision is made again on attributes
+// fetched with fillMu held exclusively after our dirty data was written
+// back, and fillMu stays held until the truncate and the invalidation are
+// done. Every local write holds fillMu shared (cached writes from the
+// cache write to their dirty marks, writes through for their WRITE), so a
+// write acknowledged before the decision is on the server and in those
+// attributes, and one acknowledged after it lands on the new version:
+// revalidation never discards or truncates dirty data, and never sets the
+// size from attributes older than our own last write.
 func (ino *inode) revalidate(ctx context.Context, server client.Attr, otherWriters bool) error {
+	runHook(ino.s.hooks.revalidateStart)
 	ino.revalMu.Lock()
 	defer ino.revalMu.Unlock()
 	ino.mu.Lock()
@@ -349,47 +379,42 @@ func (ino *inode) revalidate(ctx context.Context, server client.Attr, otherWrite
 	if same || otherWriters {
 		return nil
 	}
+	ino.fillMu.Lock()
+	defer ino.fillMu.Unlock()
 	if ino.dirty() {
+		// Unwritten data is ours and newer: write it back, so it is
+		// neither lost nor mistaken for a remote change. (Writeback
+		// takes no lock of ours; see Concurrency in doc.go.)
 		if err := ino.flush(ctx); err != nil {
 			return err
 		}
-		a, err := ino.s.getattr(ctx, ino.fh, true)
-		if err != nil {
-			return err
-		}
-		server = a
-		ino.mu.Lock()
-		same = sameVersion(ino.attr, server)
-		ino.mu.Unlock()
-		if same {
-			return nil
-		}
+	}
+	a, err := ino.s.getattr(ctx, ino.fh, true)
+	if err != nil {
+		return err
 	}
 	ino.mu.Lock()
-	ino.attr = server
-	ino.size = int64(server.Size)
+	same = sameVersion(ino.attr, a)
+	ino.mu.Unlock()
+	if same {
+		return nil
+	}
+	runHook(ino.s.hooks.revalidateAct)
+	ino.mu.Lock()
+	ino.attr = a
+	ino.size = int64(a.Size)
 	ino.gen++
 	ino.mu.Unlock()
 	if ino.wb != nil {
-		ino.wb.Truncate(int64(server.Size))
+		ino.wb.Truncate(int64(a.Size))
 	}
 	if ino.ck != nil {
-		invalidate := func() error {
-			ino.fillMu.Lock()
-			defer ino.fillMu.Unlock()
-			return ino.ck.Invalidate(aux(server), int64(server.Size))
-		}
-		err := invalidate()
-		if errors.Is(err, fscache.ErrDirty) {
-			// A local write landed after the flush above: write it
-			// back (it is ours and newer), then drop the old data.
-			if err = ino.flush(ctx); err == nil {
-				err = invalidate()
-			}
-		}
-		if err != nil {
+		if err := ino.ck.Invalidate(aux(a), int64(a.Size)); err != nil {
+			// ErrDirty cannot come from a write of ours (none can
+			// run, and all were written back); whatever it is, the
+			// cache no longer serves this inode.
 			ino.s.log.Warn("billyfs: invalidating cache", "handle", ino.fh.String(), "err", err)
-			ino.setBypass()
+			ino.setBypassLocked()
 		}
 	}
 	return nil
@@ -401,10 +426,15 @@ func (ino *inode) revalidate(ctx context.Context, server client.Attr, otherWrite
 // that follows a bypass sees it, and later writes see the bypass.
 func (ino *inode) setBypass() {
 	ino.fillMu.Lock()
+	ino.setBypassLocked()
+	ino.fillMu.Unlock()
+}
+
+// setBypassLocked is setBypass with fillMu held exclusively.
+func (ino *inode) setBypassLocked() {
 	ino.mu.Lock()
 	ino.bypass = true
 	ino.mu.Unlock()
-	ino.fillMu.Unlock()
 }
 
 // errBypassed tells writeAt that the cache stepped aside after it chose
@@ -599,7 +629,7 @@ func (ino *inode) writeCached(ctx context.Context, p []byte, off int64) error {
 	// record a crash could lose the only copy: send it through instead.
 	if err := ino.ck.MarkDirty(off, int64(len(p))); err != nil {
 		ino.s.log.Warn("billyfs: recording dirty range failed, writing through", "handle", ino.fh.String(), "err", err)
-		return ino.writeThrough(ctx, p, off)
+		return ino.sendThrough(ctx, p, off)
 	}
 	var pinErr error
 	err = ino.s.flusher.MarkDirty(ctx, ino.wb, off, int64(len(p)), func() {
@@ -612,12 +642,22 @@ func (ino *inode) writeCached(ctx context.Context, p []byte, off int64) error {
 		// The pages are dirty but not pinned: writeback will still find
 		// them in the cache file; send this write through as well so
 		// nothing depends on the unpinned backing file.
-		return ino.writeThrough(ctx, p, off)
+		return ino.sendThrough(ctx, p, off)
 	}
 	return nil
 }
 
+// writeThrough sends p at off to the server as an UNSTABLE WRITE. It holds
+// fillMu shared, as a cached write does: revalidation and truncate, which
+// hold it exclusively, see the write either done or not begun.
 func (ino *inode) writeThrough(ctx context.Context, p []byte, off int64) error {
+	ino.fillMu.RLock()
+	defer ino.fillMu.RUnlock()
+	return ino.sendThrough(ctx, p, off)
+}
+
+// sendThrough is writeThrough with fillMu held (shared by writeCached).
+func (ino *inode) sendThrough(ctx context.Context, p []byte, off int64) error {
 	if _, err := ino.s.clnt.WriteAt(ctx, ino.fh, p, off); err != nil {
 		return err
 	}
@@ -651,11 +691,16 @@ func (ino *inode) commitThrough(ctx context.Context) error {
 }
 
 // truncate is SETATTR(size) after writing back what is dirty, then the
-// cache object and writeback state are cut to match.
+// cache object and writeback state are cut to match. fillMu is held
+// exclusively throughout, so a concurrent write is ordered wholly before
+// the truncate (written back, then cut if past size) or wholly after it —
+// never cut from the cache after it was acknowledged past the new size.
 func (ino *inode) truncate(ctx context.Context, size int64) error {
 	if size < 0 {
 		return errors.New("billyfs: negative size")
 	}
+	ino.fillMu.Lock()
+	defer ino.fillMu.Unlock()
 	if err := ino.flush(ctx); err != nil {
 		return err
 	}
@@ -676,12 +721,9 @@ func (ino *inode) truncate(ctx context.Context, size int64) error {
 		ino.wb.Truncate(size)
 	}
 	if ino.ck != nil {
-		ino.fillMu.Lock()
-		err := ino.ck.Resize(size)
-		ino.fillMu.Unlock()
-		if err != nil {
+		if err := ino.ck.Resize(size); err != nil {
 			ino.s.log.Warn("billyfs: resizing cache object", "err", err)
-			ino.setBypass()
+			ino.setBypassLocked()
 		}
 	}
 	return nil
