@@ -90,7 +90,10 @@
 // server and in the attributes compared; one acknowledged after it lands
 // on the new version. A size from the upstream older than our own last
 // write is never adopted. Truncate (SETATTR size) holds fillMu the same
-// way, so a concurrent write is wholly before or wholly after it.
+// way, so a concurrent write is wholly before or wholly after it; so does
+// File.Close from sampling the local size it records with its cookie use
+// to the Unuse, because fscache cuts the object — present data and dirty
+// records — to that size.
 //
 // Attributes and directory entries are cached for Options.AttrTimeout
 // (acregmin/acdirmin); Stat and ReadDir may show another client's change
