@@ -80,7 +80,9 @@ func (f *FS) Link(target, link string) error {
 		// that name, which for a name we linked ourselves may differ from
 		// ours (a server whose handles name paths): a second inode for
 		// the same file. Other errors leave the name unknown.
-		if !errors.Is(err, syscall.EEXIST) {
+		if errors.Is(err, syscall.EEXIST) {
+			s.dropNegative(dir, name)
+		} else {
 			s.dropChild(dir, name)
 			s.dropAttr(src.fh)
 		}

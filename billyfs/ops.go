@@ -144,6 +144,7 @@ func (f *FS) create(rel string, flag int, perm os.FileMode) (node, bool, error) 
 			}
 		}
 		r, err := s.clnt.Create(ctx, dir, name, client.CreateHow{Mode: client.Guarded, Attr: client.SetAttr{Mode: &mode}})
+		s.dropChild(dir, name) // a negative entry, if any, is wrong now
 		s.dirChanged(dir)
 		if errors.Is(err, syscall.EEXIST) && flag&os.O_EXCL == 0 {
 			continue // exists: open it
@@ -298,6 +299,7 @@ func (f *FS) Remove(name string) error {
 	if err != nil {
 		return s.pathErr("remove", name, err)
 	}
+	s.putChild(dir, base, nil) // gone: the next lookup needs no LOOKUP
 	if n.attr.Type == client.TypeReg {
 		s.removedLink(ctx, n)
 	} else {
@@ -359,6 +361,9 @@ func (f *FS) ReadDir(name string) ([]os.FileInfo, error) {
 	if n.attr.Type != client.TypeDir {
 		return nil, s.pathErr("readdir", name, syscall.ENOTDIR)
 	}
+	if out, ok := s.cachedListing(ctx, n.fh); ok {
+		return out, nil
+	}
 	var ents []client.DirEntry
 	stale := false
 	err = s.revalidate(ctx, func(ctx context.Context) error {
@@ -397,7 +402,7 @@ func (f *FS) ReadDir(name string) ([]os.FileInfo, error) {
 		l.handles = append(l.handles, e.Handle)
 		out = append(out, s.info(e.Name, e.Handle, a))
 	}
-	if s.serveStale() && !stale {
+	if s.keep() && !stale {
 		l.at = time.Now()
 		s.mu.Lock()
 		s.listings[string(n.fh)] = l
@@ -405,6 +410,45 @@ func (f *FS) ReadDir(name string) ([]os.FileInfo, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
 	return out, nil
+}
+
+// maxListingGetattrs bounds the GETATTRs a cached listing may send for
+// entries whose attributes went out of date (our own changes to them);
+// beyond it one READDIRPLUS pass is cheaper.
+const maxListingGetattrs = 16
+
+// cachedListing answers ReadDir from dir's last listing while it is within
+// the attribute timeout (the Linux client keeps its readdir pages as long
+// as the directory's attributes are valid). Our own changes to dir drop
+// the listing (dirChanged); entries whose attributes our changes made
+// outdated are fetched with GETATTR, a few of them at most.
+func (s *state) cachedListing(ctx context.Context, dir client.Handle) ([]os.FileInfo, bool) {
+	if s.opts.AttrTimeout < 0 || s.upstreamDown() {
+		return nil, false
+	}
+	s.mu.Lock()
+	l, ok := s.listings[string(dir)]
+	s.mu.Unlock()
+	if !ok || time.Since(l.at) > s.opts.AttrTimeout {
+		return nil, false
+	}
+	out := make([]os.FileInfo, 0, len(l.names))
+	getattrs := 0
+	for i, name := range l.names {
+		a, ok := s.cachedAttr(l.handles[i])
+		if !ok {
+			if getattrs++; getattrs > maxListingGetattrs {
+				return nil, false
+			}
+			var err error
+			if a, err = s.getattr(ctx, l.handles[i], true); err != nil {
+				return nil, false // gone or unreachable: list afresh
+			}
+		}
+		out = append(out, s.info(name, l.handles[i], a))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
+	return out, true
 }
 
 // staleListing rebuilds dir's entries from its last listing and the
@@ -489,6 +533,7 @@ func (f *FS) Symlink(target, link string) error {
 	}
 	mode := uint32(0o777)
 	r, err := s.clnt.Symlink(ctx, dir, name, target, client.SetAttr{Mode: &mode})
+	s.dropChild(dir, name) // a negative entry, if any, is wrong now
 	s.dirChanged(dir)
 	if err != nil {
 		return s.pathErr("symlink", link, err)

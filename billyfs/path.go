@@ -133,7 +133,12 @@ func within(base, p string) bool {
 
 // lookup finds name in dir through the name cache, else with LOOKUP.
 func (s *state) lookup(ctx context.Context, dir client.Handle, name string) (node, error) {
-	if fh, ok := s.cachedChild(dir, name); ok {
+	if negative, fresh := s.cachedNegative(dir, name); negative {
+		if fresh {
+			return node{}, syscall.ENOENT
+		}
+		// expired: ask the server again
+	} else if fh, ok := s.cachedChild(dir, name); ok {
 		if a, ok := s.cachedAttr(fh); ok {
 			return node{fh: fh, attr: a}, nil
 		}
@@ -152,6 +157,9 @@ func (s *state) lookup(ctx context.Context, dir client.Handle, name string) (nod
 	var out node
 	err := s.revalidate(ctx, func(ctx context.Context) error {
 		r, err := s.clnt.Lookup(ctx, dir, name)
+		if errors.Is(err, syscall.ENOENT) && s.opts.AttrTimeout >= 0 {
+			s.putChild(dir, name, nil) // negative entry
+		}
 		if err != nil {
 			return err
 		}
@@ -186,10 +194,37 @@ func (s *state) staleChild(dir client.Handle, name string) (client.Handle, bool)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, ok := s.dentries[dkey(dir, name)]
-	if !ok || !s.staleOK(d.at) {
-		return nil, false
+	if !ok || d.fh == nil || !s.staleOK(d.at) {
+		return nil, false // a negative entry is never a stale answer
 	}
 	return d.fh, true
+}
+
+// cachedNegative reports whether dir/name is cached as missing (a dentry
+// with no handle, stored when LOOKUP answered NOENT), and whether that
+// answer is still within the attribute timeout. Like the Linux client's
+// negative dentries, it saves the LOOKUPs of names looked up again and
+// again (a create's own lookups, a compiler's include path); our own
+// creates replace it (putChild) or drop it, and a name created behind
+// our back is seen once the timeout has passed.
+func (s *state) cachedNegative(dir client.Handle, name string) (negative, fresh bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.dentries[dkey(dir, name)]
+	if !ok || d.fh != nil {
+		return false, false
+	}
+	return true, s.opts.AttrTimeout >= 0 && time.Since(d.at) <= s.opts.AttrTimeout
+}
+
+// dropNegative forgets a negative entry for dir/name, keeping a positive
+// one: the name exists (EEXIST).
+func (s *state) dropNegative(dir client.Handle, name string) {
+	s.mu.Lock()
+	if d, ok := s.dentries[dkey(dir, name)]; ok && d.fh == nil {
+		delete(s.dentries, dkey(dir, name))
+	}
+	s.mu.Unlock()
 }
 
 // readlink returns a symbolic link's target (READLINK), or during an
@@ -280,6 +315,7 @@ func (f *FS) mkdirAll(ctx context.Context, rel string, perm uint32) error {
 	}
 	mode := perm & 0o7777
 	r, err := f.s.clnt.Mkdir(ctx, pn.fh, name, client.SetAttr{Mode: &mode})
+	f.s.dropChild(pn.fh, name) // a negative entry, if any, is wrong now
 	f.s.dirChanged(pn.fh)
 	if errors.Is(err, syscall.EEXIST) {
 		n, err := f.resolve(ctx, rel, true)
