@@ -39,9 +39,11 @@
 //     precise status (NOTEMPTY, EXIST, NOTDIR, ISDIR, ROFS, NOSPC, ...;
 //     EIO is IO, not NOENT, so an exported filesystem whose upstream is
 //     down does not make clients cache negative entries; ETIMEDOUT and
-//     EAGAIN are IO, not JUKEBOX, which hard mounts retry forever). A
-//     listing with an entry that cannot be stat'ed fails whole (IO):
-//     leaving the entry out would claim the name does not exist.
+//     EAGAIN are IO, not JUKEBOX, which hard mounts retry forever; ACCESS
+//     of a file that cannot be stat'ed is that error, where go-nfs
+//     granted it). A listing with an entry that cannot be stat'ed fails
+//     whole (IO): leaving the entry out would claim the name does not
+//     exist.
 //   - Transport: the server owns TCP. It enforces the allow-list at
 //     accept, parses record marking (RFC 5531 §11), answers MOUNT EXPORT,
 //     and answers READ, WRITE, COMMIT and FSINFO itself: READ reads

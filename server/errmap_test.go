@@ -70,7 +70,8 @@ func (f *faultFS) ReadDir(p string) ([]os.FileInfo, error) {
 // A failing Lstat/Stat/Readlink/ReadDir of the exported filesystem gives
 // the status of its errno (RFC 1813 §2.6), where go-nfs alone answers
 // LOOKUP NOENT (clients cache that as a negative entry), READDIR NOTDIR
-// and READLINK ACCES; a name that really is missing is still NOENT.
+// and READLINK ACCES, and grants ACCESS to a file it cannot reach; a
+// name that really is missing is still NOENT.
 func TestLookupErrorFidelity(t *testing.T) {
 	dir := t.TempDir()
 	for _, n := range []string{"flaky", "fine"} {
@@ -117,6 +118,10 @@ func TestLookupErrorFidelity(t *testing.T) {
 		} else {
 			wantStatus(t, "GETATTR flaky ("+tc.errno.Error()+")", err, tc.want)
 		}
+		if tc.errno != syscall.ENOENT {
+			_, _, err = c.Access(ctx, flaky, 0x3f)
+			wantStatus(t, "ACCESS flaky ("+tc.errno.Error()+")", err, tc.want)
+		}
 		_, _, err = c.Readlink(ctx, link)
 		wantStatus(t, "READLINK sub/flaky ("+tc.errno.Error()+")", err, tc.want)
 		// The listing of a directory with a failing entry fails whole:
@@ -141,6 +146,9 @@ func TestLookupErrorFidelity(t *testing.T) {
 	fsys.errno.Store(syscall.Errno(0))
 	if _, err := c.Getattr(ctx, flaky); err != nil {
 		t.Fatalf("GETATTR after recovery: %v", err)
+	}
+	if _, _, err := c.Access(ctx, flaky, 0x3f); err != nil {
+		t.Fatalf("ACCESS after recovery: %v", err)
 	}
 	if target, _, err := c.Readlink(ctx, link); err != nil || target != "fine" {
 		t.Fatalf("READLINK after recovery: %q %v", target, err)

@@ -202,6 +202,13 @@ func fixLookupStatus(reply []byte, proc uint32, cause error) []byte {
 	if body >= 8 && errors.Is(cause, fs.ErrNotExist) {
 		return reply
 	}
+	if proc == ProcAccess && !errors.Is(cause, fs.ErrNotExist) {
+		// go-nfs grants ACCESS without looking at the file (its only
+		// Lstat is for the optional attributes): a file the exported
+		// filesystem cannot reach is an error, as knfsd's fh_verify makes
+		// it. A vanished file keeps go-nfs's answer.
+		return rewriteStatus(reply, body, lookupStatus(cause), nfs.NFSStatusOk)
+	}
 	return rewriteStatus(reply, body, lookupStatus(cause),
 		nfs.NFSStatusNoEnt, nfs.NFSStatusNotDir, nfs.NFSStatusIO, nfs.NFSStatusAccess, nfs.NFSStatusServerFault)
 }
