@@ -72,8 +72,8 @@ func (f *FS) Link(target, link string) error {
 	if err != nil {
 		return s.pathErr("link", link, err)
 	}
-	after, _, err := s.clnt.Link(ctx, src.fh, dir, name)
-	s.dirChanged(dir)
+	after, dirWcc, err := s.clnt.Link(ctx, src.fh, dir, name)
+	s.dirUpdated(dir, dirWcc)
 	if err != nil {
 		// EEXIST changed nothing: the existing entry stays valid. Dropping
 		// it makes the next lookup learn the upstream's own handle for

@@ -145,7 +145,7 @@ func (f *FS) create(rel string, flag int, perm os.FileMode) (node, bool, error) 
 		}
 		r, err := s.clnt.Create(ctx, dir, name, client.CreateHow{Mode: client.Guarded, Attr: client.SetAttr{Mode: &mode}})
 		s.dropChild(dir, name) // a negative entry, if any, is wrong now
-		s.dirChanged(dir)
+		s.dirUpdated(dir, r.DirWcc)
 		if errors.Is(err, syscall.EEXIST) && flag&os.O_EXCL == 0 {
 			continue // exists: open it
 		}
@@ -244,11 +244,11 @@ func (f *FS) Rename(from, to string) error {
 	if dst, err := s.lookup(ctx, toDir, toName); err == nil && dst.attr.Type == client.TypeReg && string(dst.fh) != string(src.fh) {
 		replaced = dst.fh
 	}
-	_, _, err = s.clnt.Rename(ctx, fromDir, fromName, toDir, toName)
+	fromWcc, toWcc, err := s.clnt.Rename(ctx, fromDir, fromName, toDir, toName)
 	s.dropChild(fromDir, fromName)
 	s.dropChild(toDir, toName)
-	s.dirChanged(fromDir)
-	s.dirChanged(toDir)
+	s.dirUpdated(fromDir, fromWcc)
+	s.dirUpdated(toDir, toWcc)
 	s.dropAttr(src.fh)
 	if err != nil {
 		return s.pathErr("rename", from, err)
@@ -289,13 +289,14 @@ func (f *FS) Remove(name string) error {
 	if err != nil {
 		return s.pathErr("remove", name, err)
 	}
+	var wcc client.Wcc
 	if n.attr.Type == client.TypeDir {
-		_, err = s.clnt.Rmdir(ctx, dir, base)
+		wcc, err = s.clnt.Rmdir(ctx, dir, base)
 	} else {
-		_, err = s.clnt.Remove(ctx, dir, base)
+		wcc, err = s.clnt.Remove(ctx, dir, base)
 	}
 	s.dropChild(dir, base)
-	s.dirChanged(dir)
+	s.dirUpdated(dir, wcc)
 	if err != nil {
 		return s.pathErr("remove", name, err)
 	}
@@ -534,7 +535,7 @@ func (f *FS) Symlink(target, link string) error {
 	mode := uint32(0o777)
 	r, err := s.clnt.Symlink(ctx, dir, name, target, client.SetAttr{Mode: &mode})
 	s.dropChild(dir, name) // a negative entry, if any, is wrong now
-	s.dirChanged(dir)
+	s.dirUpdated(dir, r.DirWcc)
 	if err != nil {
 		return s.pathErr("symlink", link, err)
 	}

@@ -200,6 +200,25 @@ func (s *state) staleChild(dir client.Handle, name string) (client.Handle, bool)
 	return d.fh, true
 }
 
+// dirUpdated is called after we changed dir's entries: dirChanged, then,
+// like nfs_post_op_update_inode, the directory's post-operation attributes
+// from the reply's wcc_data are adopted, so the next walk through dir needs
+// no GETATTR. Replies to concurrent operations may arrive out of order: the
+// attributes are taken only if their ctime is later than the cached one
+// (otherwise the entry stays outdated and the next use asks the server).
+func (s *state) dirUpdated(dir client.Handle, wcc client.Wcc) {
+	s.dirChanged(dir)
+	a := wcc.After
+	if a == nil || !s.keep() {
+		return
+	}
+	s.mu.Lock()
+	if e, ok := s.attrs[string(dir)]; !ok || a.Ctime.After(e.attr.Ctime) {
+		s.attrs[string(dir)] = attrEntry{attr: *a, at: time.Now(), valid: true}
+	}
+	s.mu.Unlock()
+}
+
 // cachedNegative reports whether dir/name is cached as missing (a dentry
 // with no handle, stored when LOOKUP answered NOENT), and whether that
 // answer is still within the attribute timeout. Like the Linux client's
@@ -316,7 +335,7 @@ func (f *FS) mkdirAll(ctx context.Context, rel string, perm uint32) error {
 	mode := perm & 0o7777
 	r, err := f.s.clnt.Mkdir(ctx, pn.fh, name, client.SetAttr{Mode: &mode})
 	f.s.dropChild(pn.fh, name) // a negative entry, if any, is wrong now
-	f.s.dirChanged(pn.fh)
+	f.s.dirUpdated(pn.fh, r.DirWcc)
 	if errors.Is(err, syscall.EEXIST) {
 		n, err := f.resolve(ctx, rel, true)
 		if err != nil {
