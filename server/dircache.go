@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 
+	billy "github.com/go-git/go-billy/v5"
 	lru "github.com/hashicorp/golang-lru/v2"
 	nfs "github.com/willscott/go-nfs"
 )
@@ -281,14 +282,28 @@ func appendXDROpaque(b, v []byte) []byte {
 // A disk export lists through os.Root (the directory is opened inside the
 // root, and each name is lstat'ed relative to it: one fstatat each);
 // other filesystems are asked again while a name keeps vanishing.
+//
+// Opening the directory may fail for want of descriptors: the listing is
+// retried through the open-file cache (retryFD), which gives back an idle
+// one.
 func (e *exportFS) listDir(p string) ([]os.FileInfo, error) {
+	var ents []os.FileInfo
 	if e.osRoot != nil {
-		return listRootDir(e.osRoot, p)
+		_, err := e.retryFD(func() (billy.File, error) {
+			var err error
+			ents, err = listRootDir(e.osRoot, p)
+			return nil, err
+		})
+		return ents, err
 	}
 	var err error
 	for range 8 {
-		var ents []os.FileInfo
-		if ents, err = e.base.ReadDir(p); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		_, err = e.retryFD(func() (billy.File, error) {
+			var err error
+			ents, err = e.base.ReadDir(p)
+			return nil, err
+		})
+		if err == nil || !errors.Is(err, fs.ErrNotExist) {
 			return ents, err
 		}
 		// A name vanished during the listing, or the directory itself

@@ -160,11 +160,22 @@ func (e *exportFS) OpenFile(p string, flag int, perm os.FileMode) (billy.File, e
 	if info, err := e.base.Lstat(basePath(r)); err == nil && !info.Mode().IsRegular() && !info.IsDir() {
 		return nil, e.note(pathErr("open", r, syscall.EINVAL))
 	}
-	f, err := e.base.OpenFile(basePath(r), flag, perm)
+	f, err := e.retryFD(func() (billy.File, error) { return e.base.OpenFile(basePath(r), flag, perm) })
 	if err != nil {
 		return nil, e.note(err)
 	}
 	return &recordingFile{File: f, fs: e, name: r}, nil
+}
+
+// retryFD runs an open that may fail with EMFILE/ENFILE through the
+// open-file cache's openRetrying, which closes an idle cached file and
+// tries again: the descriptors the cache holds must not make CREATE,
+// SETATTR's truncate or a listing fail while they could be given back.
+func (e *exportFS) retryFD(open func() (billy.File, error)) (billy.File, error) {
+	if e.open == nil {
+		return open()
+	}
+	return e.open.openRetrying(open)
 }
 
 func (e *exportFS) Stat(p string) (os.FileInfo, error) {
@@ -209,7 +220,7 @@ func (e *exportFS) TempFile(dir, prefix string) (billy.File, error) {
 	if e.readOnly {
 		return nil, e.rofs("tempfile", rel(dir))
 	}
-	f, err := e.base.TempFile(basePath(rel(dir)), prefix)
+	f, err := e.retryFD(func() (billy.File, error) { return e.base.TempFile(basePath(rel(dir)), prefix) })
 	return f, e.note(err)
 }
 

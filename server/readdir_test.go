@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -329,4 +330,68 @@ func BenchmarkReadDir(b *testing.B) {
 	b.ReportMetric(lg.ms/lo.ms, "nfsls-speedup")
 	b.Logf("nfs-ls of %d entries: ours %.0f entries/reply %.1f ms, go-nfs %.0f entries/reply %.1f ms: %.2fx",
 		files, lo.perReply, lo.ms, lg.perReply, lg.ms, lg.ms/lo.ms)
+}
+
+// emfileDirFS is emfileFS whose listings also need a descriptor: ReadDir
+// fails with EMFILE while limit files are open.
+type emfileDirFS struct{ *emfileFS }
+
+func (e emfileDirFS) ReadDir(p string) ([]os.FileInfo, error) {
+	e.mu.Lock()
+	full := e.open >= e.limit
+	if full {
+		e.fails++
+	}
+	e.mu.Unlock()
+	if full {
+		return nil, &os.PathError{Op: "open", Path: p, Err: syscall.EMFILE}
+	}
+	return e.Filesystem.ReadDir(p)
+}
+
+// fillFDs READs files 0..3 so the open-file cache holds the whole fd
+// budget (idle).
+func fillFDs(t *testing.T, c *client.Client, ctx context.Context, fsys emfileDirFS) {
+	t.Helper()
+	for i := range 4 {
+		h := lookupHandle(t, c, ctx, c.Root(), fmt.Sprint(i))
+		if _, err := c.Read(ctx, h, 0, make([]byte, 1)); err != nil {
+			t.Fatalf("READ %d: %v", i, err)
+		}
+	}
+	fsys.mu.Lock()
+	defer fsys.mu.Unlock()
+	if fsys.open != fsys.limit {
+		t.Fatalf("%d files open, want the budget %d full", fsys.open, fsys.limit)
+	}
+}
+
+// CREATE and READDIR need a descriptor the open-file cache may be
+// holding idle: they get one back (openRetrying) instead of failing with
+// NFS3ERR_IO when the process is at its descriptor limit.
+func TestDirOpsRetryOnEMFILE(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 6 {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), []byte{byte(i)}, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fsys := emfileDirFS{&emfileFS{Filesystem: osfs.New(dir, osfs.WithBoundOS()), limit: 4}}
+	_, addr := startServer(t, fsys, Options{StateDir: t.TempDir(), MaxOpenFiles: 100})
+	c, ctx := dialOurs(t, addr)
+
+	fillFDs(t, c, ctx, fsys)
+	if _, err := c.Create(ctx, c.Root(), "new", client.CreateHow{Mode: client.Guarded}); err != nil {
+		t.Fatalf("CREATE with the fd budget held by idle cached files: %v", err)
+	}
+	fillFDs(t, c, ctx, fsys)
+	ents, err := c.ReadDirAll(ctx, c.Root())
+	if err != nil || len(ents) != 7 {
+		t.Fatalf("READDIRPLUS with the fd budget held by idle cached files: %d entries, %v", len(ents), err)
+	}
+	fsys.mu.Lock()
+	defer fsys.mu.Unlock()
+	if fsys.fails < 2 {
+		t.Fatalf("%d EMFILE faults injected, want at least 2 (the test did not exercise the retry)", fsys.fails)
+	}
 }
