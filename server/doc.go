@@ -87,7 +87,9 @@
 //     files keyed by file id, bounded by Options.MaxOpenFiles (a hard
 //     bound: a miss waits when every cached file is in use), closed on
 //     eviction (once no request uses them), on remove or rename, and at
-//     Close. FIFOs and devices are never opened.
+//     Close. FIFOs and devices are never opened. An open that fails with
+//     EMFILE/ENFILE (a cache miss, CREATE, a directory listing) closes an
+//     idle cached file and tries again (openRetrying).
 //
 // Known limits: a panic inside go-nfs would stop the process (it runs
 // the relayed procedures); hard links made outside NFS get one handle per
