@@ -15,8 +15,9 @@ import (
 )
 
 // The upstream (our server, same port and state dir) is stopped and
-// restarted while clients work through the proxy, with no --serve-stale
-// (billyfs cannot serve without revalidating yet):
+// restarted while clients work through the proxy, without --serve-stale
+// (so every call waits for the upstream; proxy_stale_test.go covers the
+// flag):
 //   - data the proxy acknowledged with UNSTABLE WRITE before the outage is
 //     held dirty in its cache (metrics show it); the client's COMMIT does
 //     not return while the upstream is down, and returns OK once it is
