@@ -110,8 +110,10 @@ func xdrPad(n int) int { return (n + 3) &^ 3 }
 //
 // Entry attributes and handles: the fattr3 of each entry is built from
 // the listing's FileInfo like every other fattr3 (fileAttr: real fileid,
-// nlink, owner, times); handles come from the handle table (assign: the
-// id is checked against the file's identity). An entry whose handle
+// nlink, owner, times); handles come from the handle table (assignAll:
+// the ids of known names are checked against the files' identities, and
+// the names of the reply that have none get them in one bbolt
+// transaction, committed before the reply is sent). An entry whose handle
 // cannot be made is sent without handle and attributes, which the RFC
 // allows and knfsd does (post_op_fh3 FALSE).
 func (s *Server) onReadDir(cc *clientConn, call *rpcCall) error {
@@ -181,8 +183,17 @@ func (s *Server) onReadDir(cc *clientConn, call *rpcCall) error {
 	b = be.AppendUint32(b, uint32(nfs.NFSStatusOk))
 	b = appendPostOpAttr(b, dirInfo, p)
 	b = be.AppendUint64(b, v)
+	// First the entries that fit, then their handles (READDIRPLUS: one
+	// table transaction for the names that have none yet), then the
+	// reply. An entry's size does not depend on its handle (all are
+	// handleLen), so the handles are not needed to decide what fits.
+	type dirEntry struct {
+		pos         uint64
+		name, child string
+		info        fs.FileInfo
+	}
+	var page []dirEntry
 	eof := true
-	n := 0
 	for pos := cookie; pos < total; pos++ {
 		var name, child string
 		var info fs.FileInfo
@@ -199,11 +210,6 @@ func (s *Server) onReadDir(cc *clientConn, call *rpcCall) error {
 			name = info.Name()
 			child = rel(p + "/" + name)
 		}
-		if pos == 1 {
-			if fi, err := s.core.base.Lstat(basePath(child)); err == nil {
-				info = fi
-			}
-		}
 		dirLen := 8 + 4 + xdrPad(len(name)) + 8
 		need := entryFixed + xdrPad(len(name))
 		if plus {
@@ -213,37 +219,61 @@ func (s *Server) onReadDir(cc *clientConn, call *rpcCall) error {
 			eof = false
 			break
 		}
+		if pos == 1 {
+			if fi, err := s.core.base.Lstat(basePath(child)); err == nil {
+				info = fi
+			}
+		}
+		page = append(page, dirEntry{pos, name, child, info})
+		size += need
+		dirBytes += dirLen
+	}
+	var handles [][]byte
+	if plus {
+		// "." has the directory's handle; every other entry with
+		// attributes gets one from the table.
+		var want []string
+		var at []int
+		for k, d := range page {
+			if d.pos != 0 && d.info != nil {
+				want = append(want, d.child)
+				at = append(at, k)
+			}
+		}
+		hs, errs := s.table.assignAll(want)
+		handles = make([][]byte, len(page))
+		for j, k := range at {
+			if errs[j] != nil {
+				s.log.Warn("READDIRPLUS entry without handle", "path", want[j], "err", errs[j])
+			}
+			handles[k] = hs[j]
+		}
+		for k, d := range page {
+			if d.pos == 0 {
+				handles[k] = fh
+			}
+		}
+	}
+	n := len(page)
+	for k, d := range page {
 		var fileid uint64
-		if info != nil {
-			fileid = fileAttr(info, child).Fileid
+		if d.info != nil {
+			fileid = fileAttr(d.info, d.child).Fileid
 		}
 		b = be.AppendUint32(b, 1) // value_follows
 		b = be.AppendUint64(b, fileid)
-		b = appendXDRString(b, name)
-		b = be.AppendUint64(b, pos+1)
+		b = appendXDRString(b, d.name)
+		b = be.AppendUint64(b, d.pos+1)
 		if plus {
-			var h []byte
-			switch {
-			case pos == 0:
-				h = fh
-			case info != nil:
-				if h, err = s.table.assign(child); err != nil {
-					s.log.Warn("READDIRPLUS entry without handle", "path", child, "err", err)
-					h = nil
-				}
-			}
-			if h == nil {
+			if h := handles[k]; h == nil {
 				b = be.AppendUint32(b, 0) // name_attributes: none
 				b = be.AppendUint32(b, 0) // name_handle: none
 			} else {
-				b = appendPostOpAttr(b, info, child)
+				b = appendPostOpAttr(b, d.info, d.child)
 				b = be.AppendUint32(b, 1)
 				b = appendXDROpaque(b, h)
 			}
 		}
-		size += need
-		dirBytes += dirLen
-		n++
 	}
 	if n == 0 && !eof {
 		// Not even one entry fits (RFC 1813: NFS3ERR_TOOSMALL).

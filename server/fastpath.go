@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	billy "github.com/go-git/go-billy/v5"
 	nfs "github.com/willscott/go-nfs"
 )
 
@@ -385,7 +386,14 @@ func (s *Server) onCreateExclusive(cc *clientConn, call *rpcCall) (bool, error) 
 	p := rel(dir + "/" + name)
 	atime := time.Unix(int64(binary.BigEndian.Uint32(verf[4:8])), 0)
 	mtime := time.Unix(int64(binary.BigEndian.Uint32(verf[0:4])), 0)
-	f, err := s.core.base.OpenFile(basePath(p), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	// An open that fails for want of descriptors gives back an idle one
+	// of the open-file cache and tries again, as go-nfs's CREATE does
+	// (exportFS.OpenFile). The kernel reserves the descriptor before it
+	// creates the file, so a retry's O_EXCL does not find its own file.
+	create := &exportFS{exportCore: s.core}
+	f, err := create.retryFD(func() (billy.File, error) {
+		return s.core.base.OpenFile(basePath(p), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	})
 	switch {
 	case err == nil:
 		f.Close()
