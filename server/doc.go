@@ -82,7 +82,11 @@
 //     carry the same fattr3 as GETATTR and the handle LOOKUP gives.
 //     Cookies are positions + 1 ("." is 1, ".." 2), so none is 0; a
 //     cookie under a verifier neither current nor remembered is
-//     BAD_COOKIE.
+//     BAD_COOKIE. The handles of a READDIRPLUS page's new names are made in one
+//     bbolt transaction (handleTable.assignAll), committed before the
+//     reply is sent. The table is opened NoSync (synced at Close): a
+//     handle handed out just before an operating-system crash (not a
+//     process crash) can come back STALE after it.
 //   - Open-file reuse: READ/WRITE/COMMIT use an LRU (golang-lru) of open
 //     files keyed by file id, bounded by Options.MaxOpenFiles (a hard
 //     bound: a miss waits when every cached file is in use), closed on
