@@ -100,32 +100,8 @@ func TestSoakMixedClients(t *testing.T) {
 	baseG, baseFD, baseHeap := goroutines(), fdCount(), heapInuse()
 	baseOpen := s.server().Stats().OpenFiles
 	deadline := time.Now().Add(*soakFor)
-	const ours, theirs = 16, 16
-	workers := make([]*soakWorker, ours+theirs)
-	var wg sync.WaitGroup
-	errs := make(chan error, len(workers))
-	for i := range workers {
-		w := &soakWorker{id: i, model: map[string][]byte{}}
-		workers[i] = w
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var err error
-			if i < ours {
-				err = w.runOurs(ctx, s.Addr, deadline)
-			} else {
-				err = w.runTheirs(s.Addr, deadline)
-			}
-			if err != nil {
-				errs <- fmt.Errorf("worker %d: %w", i, err)
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	workers := runSoakWorkers(t, func(w *soakWorker) error { return w.runOurs(ctx, s.Addr, deadline) },
+		func(w *soakWorker) error { return w.runTheirs(s.Addr, deadline) })
 	if t.Failed() {
 		return
 	}
@@ -171,6 +147,40 @@ func TestSoakMixedClients(t *testing.T) {
 		t.Log(sb.String())
 		t.Errorf("resources not back to baseline: goroutines %d (base %d), fds %d (base %d), heap %d MiB (base %d MiB)", g, baseG, fd, baseFD, heap>>20, baseHeap>>20)
 	}
+}
+
+// soakWorkersPerKind is how many of the soak's 32 clients are ours and how
+// many go-nfs-client.
+const soakWorkersPerKind = 16
+
+// runSoakWorkers runs soakWorkersPerKind workers with ours and as many with
+// theirs, concurrently, until they return; a worker's error fails t.
+func runSoakWorkers(t *testing.T, ours, theirs func(*soakWorker) error) []*soakWorker {
+	t.Helper()
+	workers := make([]*soakWorker, 2*soakWorkersPerKind)
+	var wg sync.WaitGroup
+	errs := make(chan error, len(workers))
+	for i := range workers {
+		w := &soakWorker{id: i, model: map[string][]byte{}}
+		workers[i] = w
+		run := theirs
+		if i < soakWorkersPerKind {
+			run = ours
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(w); err != nil {
+				errs <- fmt.Errorf("worker %d: %w", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	return workers
 }
 
 func (w *soakWorker) runOurs(ctx context.Context, addr string, deadline time.Time) error {

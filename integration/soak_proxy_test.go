@@ -183,33 +183,10 @@ func soakProxyRun(t *testing.T, opts billyfs.Options) {
 
 	start := time.Now()
 	deadline := start.Add(*soakProxyFor)
-	const ours, theirs = 16, 16
-	workers := make([]*soakWorker, ours+theirs)
-	var wg sync.WaitGroup
-	errs := make(chan error, len(workers))
-	for i := range workers {
-		w := &soakWorker{id: i, model: map[string][]byte{}}
-		workers[i] = w
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var err error
-			if i < ours {
-				err = w.runOurs(ctx, px.Addr, deadline)
-			} else {
-				err = w.runTheirsInDir(px.Addr, deadline)
-			}
-			if err != nil {
-				errs <- fmt.Errorf("worker %d: %w", i, err)
-			}
-		}()
-	}
-	wg.Wait()
+	workers := runSoakWorkers(t, func(w *soakWorker) error { return w.runOurs(ctx, px.Addr, deadline) },
+		func(w *soakWorker) error { return w.runTheirsInDir(px.Addr, deadline) })
 	elapsed := time.Since(start)
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	const ours = soakWorkersPerKind
 	if t.Failed() {
 		return
 	}
