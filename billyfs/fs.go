@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-git/go-billy/v5"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/nfscache/nfscache/client"
 	"github.com/nfscache/nfscache/fscache"
 	"github.com/nfscache/nfscache/writeback"
@@ -44,16 +45,20 @@ type state struct {
 	ctx     context.Context    // cancelled by Close
 	cancel  context.CancelFunc
 
-	mu       sync.Mutex
-	closed   bool
-	dentries map[string]dentry    // dir handle + "/" + name → child
-	attrs    map[string]attrEntry // handle → attributes
-	inodes   map[string]*inode    // handle → live inode
-	idle     *list.List           // of *inode with no open file, oldest first
+	mu     sync.Mutex
+	closed bool
+	inodes map[string]*inode // handle → live inode (bounded by MaxInodes, see evictIdle)
+	idle   *list.List        // of *inode with no open file, oldest first
 
-	listings map[string]listing   // dir handle → last READDIRPLUS (ServeStale only)
-	links    map[string]linkEntry // symlink handle → target (ServeStale only)
-	usage    *usageEntry          // last FSSTAT (ServeStale only)
+	// The metadata caches, each a least-recently-used list bounded by
+	// Options.MaxCachedInodes (metacache.go): evicting a handle's
+	// attributes drops its listing and link target with them.
+	dentries     *simplelru.LRU[string, dentry]    // dir handle + "/" + name → child (nil: negative)
+	attrs        *simplelru.LRU[string, attrEntry] // handle → attributes
+	listings     *simplelru.LRU[string, listing]   // dir handle → last READDIRPLUS
+	listingNames int                               // names held by listings, ≤ MaxCachedInodes
+	links        *simplelru.LRU[string, linkEntry] // symlink handle → target (ServeStale only)
+	usage        *usageEntry                       // last FSSTAT (ServeStale only)
 
 	recovered atomic.Int64 // dirty objects written back at New
 	conflicts atomic.Int64 // dirty objects moved to <cache>/conflicts at New
@@ -138,16 +143,13 @@ func New(ctx context.Context, opts Options) (*FS, error) {
 		return nil, fmt.Errorf("billyfs: mounting %s:%s: %w", opts.Addr, opts.Export, err)
 	}
 	s := &state{
-		opts:     opts,
-		log:      opts.Logger,
-		clnt:     clnt,
-		dentries: make(map[string]dentry),
-		attrs:    make(map[string]attrEntry),
-		inodes:   make(map[string]*inode),
-		idle:     list.New(),
-		listings: make(map[string]listing),
-		links:    make(map[string]linkEntry),
+		opts:   opts,
+		log:    opts.Logger,
+		clnt:   clnt,
+		inodes: make(map[string]*inode),
+		idle:   list.New(),
 	}
+	s.initMetaCache()
 	// s.ctx marks billyfs's own calls (foregroundKey): writeback passes
 	// without it are the flusher's background ones.
 	s.ctx, s.cancel = context.WithCancel(context.WithValue(context.Background(), foregroundKey{}, true))
@@ -281,7 +283,13 @@ type Stats struct {
 	Cache     fscache.Stats   // zero without a cache
 	RPC       client.Stats    // per-procedure NFS/MOUNT calls
 	Writeback writeback.Stats // zero without a cache
-	Inodes    int             // inodes in memory
+	Inodes    int             // inodes in memory (files opened, bounded by MaxInodes beyond the open ones)
+	// The metadata caches, each bounded by Options.MaxCachedInodes:
+	// handles with cached attributes, directory entries (negative ones
+	// included) and names held by cached directory listings.
+	CachedAttrs  int
+	Dentries     int
+	ListingNames int
 	// Recovered counts the dirty objects a crashed predecessor left in
 	// the cache that New wrote back; Conflicts those it kept in
 	// <CacheDir>/conflicts because the remote file had changed or gone.
@@ -308,6 +316,7 @@ func (f *FS) Stats() Stats {
 	}
 	s.mu.Lock()
 	st.Inodes = len(s.inodes)
+	st.CachedAttrs, st.Dentries, st.ListingNames = s.attrs.Len(), s.dentries.Len(), s.listingNames
 	s.mu.Unlock()
 	return st
 }
@@ -346,7 +355,7 @@ func dkey(dir client.Handle, name string) string { return string(dir) + "/" + na
 func (s *state) cachedChild(dir client.Handle, name string) (client.Handle, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d, ok := s.dentries[dkey(dir, name)]
+	d, ok := s.dentries.Get(dkey(dir, name))
 	if !ok {
 		return nil, false
 	}
@@ -364,22 +373,22 @@ func (s *state) putChild(dir client.Handle, name string, fh client.Handle) {
 		return
 	}
 	s.mu.Lock()
-	s.dentries[dkey(dir, name)] = dentry{fh: fh, at: time.Now()}
+	s.dentries.Add(dkey(dir, name), dentry{fh: fh, at: time.Now()})
 	s.mu.Unlock()
 }
 
 func (s *state) dropChild(dir client.Handle, name string) {
 	s.mu.Lock()
-	delete(s.dentries, dkey(dir, name))
+	s.dentries.Remove(dkey(dir, name))
 	s.mu.Unlock()
 }
 
 // purgeNames forgets every cached directory entry: after a stale handle.
 func (s *state) purgeNames() {
 	s.mu.Lock()
-	clear(s.dentries)
-	clear(s.attrs)
-	clear(s.listings)
+	s.dentries.Purge()
+	s.attrs.Purge() // and with them listings and link targets
+	s.listings.Purge()
 	s.mu.Unlock()
 }
 
@@ -389,7 +398,7 @@ func (s *state) cachedAttr(fh client.Handle) (client.Attr, bool) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a, ok := s.attrs[string(fh)]
+	a, ok := s.attrs.Get(string(fh))
 	if !ok || !a.valid || time.Since(a.at) > s.opts.AttrTimeout {
 		return client.Attr{}, false
 	}
@@ -401,7 +410,7 @@ func (s *state) cachedAttr(fh client.Handle) (client.Attr, bool) {
 func (s *state) staleAttr(fh client.Handle) (client.Attr, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a, ok := s.attrs[string(fh)]
+	a, ok := s.attrs.Peek(string(fh))
 	if !ok || !s.staleOK(a.at) {
 		return client.Attr{}, false
 	}
@@ -417,7 +426,7 @@ func (s *state) putAttr(fh client.Handle, a *client.Attr) {
 		return
 	}
 	s.mu.Lock()
-	s.attrs[string(fh)] = attrEntry{attr: *a, at: time.Now(), valid: true}
+	s.attrs.Add(string(fh), attrEntry{attr: *a, at: time.Now(), valid: true})
 	s.mu.Unlock()
 }
 
@@ -425,9 +434,9 @@ func (s *state) putAttr(fh client.Handle, a *client.Attr) {
 // used again except as the last validated ones during an outage.
 func (s *state) dropAttr(fh client.Handle) {
 	s.mu.Lock()
-	if a, ok := s.attrs[string(fh)]; ok {
+	if a, ok := s.attrs.Peek(string(fh)); ok {
 		a.valid = false
-		s.attrs[string(fh)] = a
+		s.attrs.Add(string(fh), a)
 	}
 	s.mu.Unlock()
 }
@@ -435,9 +444,9 @@ func (s *state) dropAttr(fh client.Handle) {
 // forgetAttr deletes fh's attributes: the file is gone.
 func (s *state) forgetAttr(fh client.Handle) {
 	s.mu.Lock()
-	delete(s.attrs, string(fh))
-	delete(s.links, string(fh))
-	delete(s.listings, string(fh))
+	s.attrs.Remove(string(fh)) // and its listing and link target
+	s.links.Remove(string(fh))
+	s.listings.Remove(string(fh))
 	s.mu.Unlock()
 }
 
@@ -446,7 +455,7 @@ func (s *state) forgetAttr(fh client.Handle) {
 func (s *state) dirChanged(dir client.Handle) {
 	s.dropAttr(dir)
 	s.mu.Lock()
-	delete(s.listings, string(dir))
+	s.listings.Remove(string(dir))
 	s.mu.Unlock()
 }
 

@@ -144,10 +144,19 @@ func (s *state) putInode(ino *inode, writable bool) {
 	s.evictIdle()
 }
 
-// evictIdle is inode eviction (evict → fscache_clear_inode_writeback →
-// relinquish): clean idle inodes beyond MaxInodes give up their cookies.
+// evictIdle is inode eviction (prune_icache_sb → evict →
+// fscache_clear_inode_writeback → relinquish): the least recently used
+// idle inodes beyond MaxInodes give up their cookies, keeping their cached
+// data (Relinquish without retire; the next open re-acquires the cookie
+// with the coherency data it revalidated). Inodes open, dirty or pinned
+// for writeback are never evicted: an idle dirty one goes to the back of
+// the list (writeback will clean it) and the next is looked at, each idle
+// inode once per call.
 func (s *state) evictIdle() {
-	for {
+	s.mu.Lock()
+	budget := s.idle.Len()
+	s.mu.Unlock()
+	for ; budget > 0; budget-- {
 		s.mu.Lock()
 		if len(s.inodes) <= s.opts.MaxInodes || s.idle.Len() == 0 {
 			s.mu.Unlock()
@@ -157,13 +166,12 @@ func (s *state) evictIdle() {
 		ino.elem = nil
 		s.mu.Unlock()
 		if ino.dirty() {
-			// Writeback has not cleaned it yet: keep it, retry later.
 			s.mu.Lock()
 			if ino.opens == 0 && ino.elem == nil && s.inodes[string(ino.fh)] == ino {
 				ino.elem = s.idle.PushBack(ino)
 			}
 			s.mu.Unlock()
-			return
+			continue
 		}
 		s.mu.Lock()
 		if ino.opens > 0 || ino.elem != nil || s.inodes[string(ino.fh)] != ino {

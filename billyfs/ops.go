@@ -406,7 +406,7 @@ func (f *FS) ReadDir(name string) ([]os.FileInfo, error) {
 	if s.keep() && !stale {
 		l.at = time.Now()
 		s.mu.Lock()
-		s.listings[string(n.fh)] = l
+		s.putListing(n.fh, l)
 		s.mu.Unlock()
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
@@ -428,7 +428,7 @@ func (s *state) cachedListing(ctx context.Context, dir client.Handle) ([]os.File
 		return nil, false
 	}
 	s.mu.Lock()
-	l, ok := s.listings[string(dir)]
+	l, ok := s.listings.Get(string(dir))
 	s.mu.Unlock()
 	if !ok || time.Since(l.at) > s.opts.AttrTimeout {
 		return nil, false
@@ -458,13 +458,13 @@ func (s *state) cachedListing(ctx context.Context, dir client.Handle) ([]os.File
 func (s *state) staleListing(dir client.Handle) ([]client.DirEntry, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	l, ok := s.listings[string(dir)]
+	l, ok := s.listings.Peek(string(dir))
 	if !ok || !s.staleOK(l.at) {
 		return nil, false
 	}
 	ents := make([]client.DirEntry, len(l.names))
 	for i, name := range l.names {
-		a, ok := s.attrs[string(l.handles[i])]
+		a, ok := s.attrs.Peek(string(l.handles[i]))
 		if !ok || !s.staleOK(a.at) {
 			return nil, false
 		}

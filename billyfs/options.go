@@ -43,10 +43,20 @@ type Options struct {
 	// DirtyLimitBytes bounds dirty data held in the cache before writers
 	// are throttled (balance_dirty_pages); default 64 MiB.
 	DirtyLimitBytes int64
-	// MaxInodes is how many unused inodes (with their cache cookies and
-	// possibly their backing fds in the fscache LRU) stay in memory;
-	// default 1024.
+	// MaxInodes is how many inodes of files (with their cache cookies and
+	// possibly their backing fds in the fscache LRU) stay in memory beyond
+	// those open, dirty or pinned for writeback; default 1024, at most
+	// MaxCachedInodes. The least recently used go first; an evicted
+	// file's cached data stays in the cache and is used again after the
+	// next open's revalidation.
 	MaxInodes int
+	// MaxCachedInodes bounds each metadata cache: attributes cached per
+	// handle, directory entries (negative ones included), names held by
+	// cached directory listings, symbolic link targets. The least
+	// recently used entries go first, so the memory of a long-running FS
+	// stays bounded whatever it walks; default 100 000 (some 40 MB in all,
+	// measured: see BenchmarkMetadataMemory).
+	MaxCachedInodes int
 	// ServeStale keeps the FS serving through an upstream outage: when the
 	// upstream stops answering (no reply, connection lost or refused),
 	// attributes, names, directory listings, symbolic link targets and
@@ -100,9 +110,13 @@ func (o Options) withDefaults() Options {
 	if o.DirtyLimitBytes <= 0 {
 		o.DirtyLimitBytes = 64 << 20
 	}
+	if o.MaxCachedInodes <= 0 {
+		o.MaxCachedInodes = 100_000
+	}
 	if o.MaxInodes <= 0 {
 		o.MaxInodes = 1024
 	}
+	o.MaxInodes = min(o.MaxInodes, o.MaxCachedInodes)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}

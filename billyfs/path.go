@@ -193,7 +193,7 @@ func (s *state) lookup(ctx context.Context, dir client.Handle, name string) (nod
 func (s *state) staleChild(dir client.Handle, name string) (client.Handle, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d, ok := s.dentries[dkey(dir, name)]
+	d, ok := s.dentries.Peek(dkey(dir, name))
 	if !ok || d.fh == nil || !s.staleOK(d.at) {
 		return nil, false // a negative entry is never a stale answer
 	}
@@ -213,8 +213,8 @@ func (s *state) dirUpdated(dir client.Handle, wcc client.Wcc) {
 		return
 	}
 	s.mu.Lock()
-	if e, ok := s.attrs[string(dir)]; !ok || a.Ctime.After(e.attr.Ctime) {
-		s.attrs[string(dir)] = attrEntry{attr: *a, at: time.Now(), valid: true}
+	if e, ok := s.attrs.Peek(string(dir)); !ok || a.Ctime.After(e.attr.Ctime) {
+		s.attrs.Add(string(dir), attrEntry{attr: *a, at: time.Now(), valid: true})
 	}
 	s.mu.Unlock()
 }
@@ -229,7 +229,7 @@ func (s *state) dirUpdated(dir client.Handle, wcc client.Wcc) {
 func (s *state) cachedNegative(dir client.Handle, name string) (negative, fresh bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d, ok := s.dentries[dkey(dir, name)]
+	d, ok := s.dentries.Get(dkey(dir, name))
 	if !ok || d.fh != nil {
 		return false, false
 	}
@@ -240,8 +240,8 @@ func (s *state) cachedNegative(dir client.Handle, name string) (negative, fresh 
 // one: the name exists (EEXIST).
 func (s *state) dropNegative(dir client.Handle, name string) {
 	s.mu.Lock()
-	if d, ok := s.dentries[dkey(dir, name)]; ok && d.fh == nil {
-		delete(s.dentries, dkey(dir, name))
+	if d, ok := s.dentries.Peek(dkey(dir, name)); ok && d.fh == nil {
+		s.dentries.Remove(dkey(dir, name))
 	}
 	s.mu.Unlock()
 }
@@ -258,14 +258,14 @@ func (s *state) readlink(ctx context.Context, fh client.Handle) (string, error) 
 		target = t
 		if s.serveStale() {
 			s.mu.Lock()
-			s.links[string(fh)] = linkEntry{target: t, at: time.Now()}
+			s.links.Add(string(fh), linkEntry{target: t, at: time.Now()})
 			s.mu.Unlock()
 		}
 		return nil
 	}, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		l, ok := s.links[string(fh)]
+		l, ok := s.links.Peek(string(fh))
 		target = l.target
 		return ok && s.staleOK(l.at)
 	})
