@@ -23,6 +23,33 @@
 // pin still held (fscache_clear_inode_writeback) and relinquishes the
 // cookie, keeping its data for the next open.
 //
+// # Memory bound (issue #8)
+//
+// A long-running FS (a proxy crawled over a 10-million-file export) must
+// not grow with every file it ever touched. As the kernel's inode and
+// dentry LRUs (prune_icache_sb, prune_dcache_sb, iput_final), every cache
+// of this package is bounded by a count, least recently used first out:
+//   - the inode table: at most min(MaxInodes, MaxCachedInodes) inodes
+//     besides those open, dirty or pinned for writeback, which are never
+//     evicted (an idle dirty one is passed over until writeback cleans
+//     it). Eviction relinquishes the cookie without retiring its data; the
+//     next open acquires it again with the attributes it revalidated, so
+//     an unchanged file is read from the cache (0 READ) after one LOOKUP
+//     or GETATTR, and a changed one is invalidated as usual.
+//   - attributes (per handle), directory entries (negative ones
+//     included), names in cached listings, and symbolic link targets:
+//     each at most Options.MaxCachedInodes (default 100 000); evicting a
+//     handle's attributes drops its listing and link target with them,
+//     and a listing larger than the bound is not kept.
+//
+// Eviction only costs round trips, never data or coherency: an inode
+// with dirty data stays, and a metadata entry is re-fetched on next use
+// (an evicted entry can no longer stand in during an outage). Measured
+// (BenchmarkMetadataMemory, 10 000 files): about 570 B of heap per
+// stat'ed file (attributes + directory entry) and 1.5 KB per idle inode
+// with its cookie; at the defaults, about 60 MB for metadata and 1.5 MB
+// for idle inodes.
+//
 // # Reads
 //
 // A read is served from the cache when the range is present
@@ -223,7 +250,9 @@
 // as go-nfs calls them from many connections at once. Close must not race
 // with other calls. Lock order: state.mu → inode.mu; inode.revalMu →
 // inode.fillMu → inode.mu, the first two never taken while holding
-// state.mu; File.mu is taken before all of them. No lock of this package is
+// state.mu; File.mu is taken before all of them. The metadata LRUs
+// (metacache.go) are guarded by state.mu, and their eviction callbacks,
+// which run under it, touch only those caches. No lock of this package is
 // held while calling client, fscache or writeback, except inode.fillMu
 // (an I/O ordering lock): held exclusively around cache fills, invalidation
 // and the switch to bypass, and by revalidation and truncate from their

@@ -54,8 +54,8 @@ type Options struct {
 	// handle, directory entries (negative ones included), names held by
 	// cached directory listings, symbolic link targets. The least
 	// recently used entries go first, so the memory of a long-running FS
-	// stays bounded whatever it walks; default 100 000 (some 40 MB in all,
-	// measured: see BenchmarkMetadataMemory).
+	// stays bounded whatever it walks; default 100 000 (about 570 B per
+	// stat'ed file measured, so some 60 MB: BenchmarkMetadataMemory).
 	MaxCachedInodes int
 	// ServeStale keeps the FS serving through an upstream outage: when the
 	// upstream stops answering (no reply, connection lost or refused),
