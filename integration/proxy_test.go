@@ -199,7 +199,7 @@ func TestProxyCommandLine(t *testing.T) {
 		}
 	}
 	out, err := exec.Command(bin, "proxy", "--help").CombinedOutput()
-	if err != nil || !bytes.Contains(out, []byte("--upstream HOST:PORT[:/export]")) || !bytes.Contains(out, []byte("-serve-stale")) {
+	if err != nil || !bytes.Contains(out, []byte("--upstream HOST:PORT[:/export]")) || !bytes.Contains(out, []byte("-serve-stale")) || !bytes.Contains(out, []byte("-max-cached-inodes")) {
 		t.Errorf("proxy --help: %v\n%s", err, out)
 	}
 	// A proxy whose upstream does not answer says so and exits 1.

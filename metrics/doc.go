@@ -43,6 +43,8 @@
 //     --serve-stale and what was answered from the last validated copy;
 //     nfscache_crash_recovered_objects_total / _conflict_objects_total:
 //     dirty data a crashed predecessor left, written back or kept aside.
+//   - nfscache_cached_attributes, _cached_dentries, _cached_listing_names:
+//     billyfs's metadata caches, each bounded by --max-cached-inodes.
 //
 // # Reading it back
 //

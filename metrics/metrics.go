@@ -142,6 +142,9 @@ const (
 	nameBytesFromUpstream = ns + "bytes_from_upstream_total"
 	nameInodes            = ns + "inodes"
 	nameUpstreamDown      = ns + "upstream_down"
+	nameCachedAttrs       = ns + "cached_attributes"
+	nameDentries          = ns + "cached_dentries"
+	nameListingNames      = ns + "cached_listing_names"
 	nameUpstreamOutages   = ns + "upstream_outages_total"
 	nameStaleAnswers      = ns + "stale_answers_total"
 	nameRecovered         = ns + "crash_recovered_objects_total"
@@ -207,6 +210,12 @@ func New(opts Options) *Collector {
 		func(s *snapshot) float64 { return float64(s.fs.RPC.BytesRead) })
 	fsScalar(nameInodes, "Inodes of the proxy's filesystem in memory.", prometheus.GaugeValue,
 		func(s *snapshot) float64 { return float64(s.fs.Inodes) })
+	fsScalar(nameCachedAttrs, "Attributes cached (bounded by --max-cached-inodes).", prometheus.GaugeValue,
+		func(s *snapshot) float64 { return float64(s.fs.CachedAttrs) })
+	fsScalar(nameDentries, "Names cached, positive and negative (bounded by --max-cached-inodes).", prometheus.GaugeValue,
+		func(s *snapshot) float64 { return float64(s.fs.Dentries) })
+	fsScalar(nameListingNames, "Names held in cached directory listings (bounded by --max-cached-inodes).", prometheus.GaugeValue,
+		func(s *snapshot) float64 { return float64(s.fs.ListingNames) })
 	fsScalar(nameUpstreamDown, "1 while the upstream is unreachable (an outage detected with --serve-stale), else 0.", prometheus.GaugeValue,
 		func(s *snapshot) float64 {
 			if s.fs.UpstreamDown {

@@ -151,6 +151,7 @@ func TestOutageAndRecoverySeriesRoundTrip(t *testing.T) {
 	src.UpstreamDown, src.Outages, src.StaleAnswers = true, 3, 17
 	src.Recovered, src.Conflicts = 2, 1
 	src.Cache.FDExhausted = 5
+	src.CachedAttrs, src.Dentries, src.ListingNames = 11, 12, 13
 	hs := httptest.NewServer(metrics.New(metrics.Options{FS: src}).Handler())
 	defer hs.Close()
 	resp, err := http.Get(hs.URL)
@@ -164,11 +165,12 @@ func TestOutageAndRecoverySeriesRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !rep.UpstreamDown || rep.Outages != 3 || rep.StaleAnswers != 17 || rep.CrashRecovered != 2 ||
-		rep.CrashConflict != 1 || rep.Cache.FDExhausted != 5 {
+		rep.CrashConflict != 1 || rep.Cache.FDExhausted != 5 ||
+		rep.CachedAttrs != 11 || rep.Dentries != 12 || rep.ListingNames != 13 {
 		t.Errorf("round trip lost values: %+v", rep)
 	}
 	out := rep.String()
-	for _, line := range []string{"Outage : down=1 outages=3 stale_answers=17\n", "Crash  : recovered=2 conflicts=1\n", "emfile=5"} {
+	for _, line := range []string{"Outage : down=1 outages=3 stale_answers=17\n", "Crash  : recovered=2 conflicts=1\n", "emfile=5", "attrs=11 dentries=12 listing_names=13\n"} {
 		if !strings.Contains(out, line) {
 			t.Errorf("report lacks %q:\n%s", line, out)
 		}

@@ -41,6 +41,8 @@ type Report struct {
 	ServedConnections                float64
 	ServedOpenFiles, ServedHandles   float64
 
+	CachedAttrs, Dentries, ListingNames float64
+
 	UpstreamDown                  bool
 	Outages, StaleAnswers         float64
 	CrashRecovered, CrashConflict float64
@@ -86,7 +88,8 @@ func ParseText(r io.Reader) (Report, error) {
 		nameUpstreamRetrans: &rep.Retransmissions, nameUpstreamReconnect: &rep.Reconnects,
 		nameServedReadBytes: &rep.ServedReadBytes, nameServedWriteBytes: &rep.ServedWriteByte,
 		nameServedConns: &rep.ServedConnections, nameServedOpenFiles: &rep.ServedOpenFiles,
-		nameServedHandles:   &rep.ServedHandles,
+		nameServedHandles: &rep.ServedHandles,
+		nameCachedAttrs:   &rep.CachedAttrs, nameDentries: &rep.Dentries, nameListingNames: &rep.ListingNames,
 		nameUpstreamOutages: &rep.Outages, nameStaleAnswers: &rep.StaleAnswers,
 		nameRecovered: &rep.CrashRecovered, nameConflicts: &rep.CrashConflict,
 	} {
@@ -160,7 +163,7 @@ func (r Report) String() string {
 	w := r.Writeback
 	fmt.Fprintf(&b, "Dirty  : bytes=%d inodes=%d pinned=%d held=%d pages_wr=%d err=%d throttle=%d\n",
 		w.DirtyBytes, w.DirtyInodes, w.PinnedInodes, w.HeldInodes, w.PagesWritten, w.WriteErrors, w.ThrottleWaits)
-	fmt.Fprintf(&b, "Inodes : n=%.0f\n", r.Inodes)
+	fmt.Fprintf(&b, "Inodes : n=%.0f attrs=%.0f dentries=%.0f listing_names=%.0f\n", r.Inodes, r.CachedAttrs, r.Dentries, r.ListingNames)
 	fmt.Fprintf(&b, "Upstrm : wr_bytes=%.0f resent=%.0f retrans=%.0f reconn=%.0f\n", r.UpstreamWritten, r.UpstreamResent, r.Retransmissions, r.Reconnects)
 	down := 0
 	if r.UpstreamDown {

@@ -35,6 +35,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	stateDir := fl.String("state-dir", "", "persistent file-handle table: handles stay valid across restarts that reuse it (default: DIR/handles under --cache-dir)")
 	maxSize := fl.String("cache-max-size", "", "bound on cached data, e.g. 500M, 10G, 1T (default: culled by free space only)")
 	maxOpen := fl.Int("max-open-files", 0, "bound on open cache backing files, and on files the server keeps open (default: 64 backing files; the server half of ulimit -n, at most 256)")
+	maxCached := fl.Int("max-cached-inodes", 0, "bound on cached metadata (attributes, names, listings, link targets) and idle inodes, least recently used evicted first; about 600 B each (default 100000)")
 	attrTimeout := fl.Duration("attr-timeout", 0, "how long upstream attributes and names are cached; opens always revalidate (default 3s, negative: never cache)")
 	upTimeout := fl.Duration("upstream-timeout", 0, "how long a call to the upstream waits and retries (through reconnects) before failing with a timeout error (default 60s)")
 	conns := fl.Int("connections", 0, "TCP connections to the upstream (nconnect, default 4)")
@@ -127,18 +128,19 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	mountCtx, cancel := context.WithTimeout(ctx, max(*upTimeout, 30*time.Second))
 	fsys, err := billyfs.New(mountCtx, billyfs.Options{
-		Addr:          addr,
-		Portmap:       *portmap,
-		Export:        export,
-		CacheDir:      filepath.Join(*cacheDir, "fscache"),
-		MaxOpenFiles:  *maxOpen,
-		CacheMaxBytes: cacheMax,
-		AttrTimeout:   *attrTimeout,
-		Connections:   *conns,
-		Timeout:       *upTimeout,
-		ServeStale:    *serveStale,
-		OutageDetect:  *outageDetect,
-		Logger:        log,
+		Addr:            addr,
+		Portmap:         *portmap,
+		Export:          export,
+		CacheDir:        filepath.Join(*cacheDir, "fscache"),
+		MaxOpenFiles:    *maxOpen,
+		MaxCachedInodes: *maxCached,
+		CacheMaxBytes:   cacheMax,
+		AttrTimeout:     *attrTimeout,
+		Connections:     *conns,
+		Timeout:         *upTimeout,
+		ServeStale:      *serveStale,
+		OutageDetect:    *outageDetect,
+		Logger:          log,
 	})
 	cancel()
 	if err != nil {
