@@ -125,7 +125,12 @@
 // Attributes and directory entries are cached for Options.AttrTimeout
 // (acregmin/acdirmin); Stat and ReadDir may show another client's change
 // that late; open does not. A stale handle (NFS3ERR_STALE) makes the FS
-// forget its cached names and look the path up again.
+// forget its cached names and look the path up again. Within AttrTimeout
+// directory listings and names found missing are cached too (Linux's
+// readdir pages and negative dentries): this FS's own creates, removes,
+// renames and links update them at once, others' changes show after
+// AttrTimeout. Directory operations take the directory's new attributes
+// from the reply, only if their ctime is newer (nfs_post_op_update_inode).
 //
 // # Upstream outages: Options.ServeStale
 //
