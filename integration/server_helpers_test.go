@@ -83,23 +83,33 @@ func srvSum(t testing.TB, path string) [32]byte {
 // srvMount mounts "/" of 127.0.0.1:port with go-nfs-client.
 func srvMount(t testing.TB, port string) *nfsc.Target {
 	t.Helper()
-	// go-nfs-client binds a source port from a time-seeded RNG; retry
-	// the rare collision.
+	v, c, err := mountTheirs("127.0.0.1:" + port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return v
+}
+
+// mountTheirs mounts "/" of addr with go-nfs-client; the caller closes
+// the returned rpc.Client. go-nfs-client binds a source port from a
+// time-seeded RNG, so concurrent dials can collide: those are retried.
+func mountTheirs(addr string) (*nfsc.Target, *rpc.Client, error) {
 	var c *rpc.Client
 	var err error
-	for range 20 {
-		if c, err = rpc.DialTCP("tcp", "127.0.0.1:"+port, false); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+	for range 50 {
+		if c, err = rpc.DialTCP("tcp", addr, false); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
 			break
 		}
 		time.Sleep(time.Millisecond)
 	}
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	t.Cleanup(c.Close)
 	v, err := (&nfsc.Mount{Client: c}).Mount("/", rpc.AuthNull)
 	if err != nil {
-		t.Fatal(err)
+		c.Close()
+		return nil, nil, err
 	}
-	return v
+	return v, c, nil
 }

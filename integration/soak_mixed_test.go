@@ -18,9 +18,6 @@ import (
 	"testing"
 	"time"
 
-	nfsc "github.com/willscott/go-nfs-client/nfs"
-	"github.com/willscott/go-nfs-client/nfs/rpc"
-
 	"github.com/nfscache/nfscache/client"
 	"github.com/nfscache/nfscache/server"
 )
@@ -258,24 +255,11 @@ func (w *soakWorker) runOurs(ctx context.Context, addr string, deadline time.Tim
 }
 
 func (w *soakWorker) runTheirs(addr string, deadline time.Time) error {
-	var (
-		rc  *rpc.Client
-		err error
-	)
-	for range 50 { // go-nfs-client picks a random local port; retry collisions
-		if rc, err = rpc.DialTCP("tcp", addr, false); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	v, rc, err := mountTheirs(addr)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	v, err := (&nfsc.Mount{Client: rc}).Mount("/", rpc.AuthNull)
-	if err != nil {
-		return err
-	}
 	r := rand.New(rand.NewPCG(uint64(w.id), 2))
 	for n := 0; time.Now().Before(deadline); n++ {
 		w.ops++

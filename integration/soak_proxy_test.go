@@ -17,12 +17,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
-
-	nfsc "github.com/willscott/go-nfs-client/nfs"
-	"github.com/willscott/go-nfs-client/nfs/rpc"
 
 	"github.com/nfscache/nfscache/billyfs"
 	"github.com/nfscache/nfscache/client"
@@ -374,24 +370,11 @@ func (w *soakWorker) dir() string { return fmt.Sprintf("d%02d", w.id) }
 // soak inside one READDIRPLUS. In its own directory the worker's listing
 // settles and it does its share of operations.
 func (w *soakWorker) runTheirsInDir(addr string, deadline time.Time) error {
-	var (
-		rc  *rpc.Client
-		err error
-	)
-	for range 50 { // go-nfs-client picks a random local port; retry collisions
-		if rc, err = rpc.DialTCP("tcp", addr, false); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	v, rc, err := mountTheirs(addr)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	v, err := (&nfsc.Mount{Client: rc}).Mount("/", rpc.AuthNull)
-	if err != nil {
-		return err
-	}
 	dir := w.dir()
 	if _, err := v.Mkdir("/"+dir, 0o755); err != nil {
 		return fmt.Errorf("mkdir %s: %w", dir, err)
