@@ -555,8 +555,9 @@ func (ck *Cookie) DiscardRange(off, n int64) error {
 
 // Relinquish gives the cookie up, like fscache_relinquish_cookie: its fd
 // is closed and, with retire, its data deleted; otherwise the data stays
-// for a later AcquireCookie with matching aux. All uses (and pins) must
-// have been dropped first.
+// for a later AcquireCookie with matching aux (an object holding no data
+// is dropped from the index: see doc.go, "Memory"). All uses (and pins)
+// must have been dropped first.
 func (ck *Cookie) Relinquish(retire bool) error {
 	c := ck.cache
 	ck.io.Lock()
@@ -580,6 +581,13 @@ func (ck *Cookie) Relinquish(retire bool) error {
 	c.st.relinquishes.Add(1)
 	if retire {
 		c.st.retires.Add(1)
+		return c.removeObjectLocked(ck.k, ck.path)
+	}
+	if !c.journal.holdsData(ck.k) {
+		// Nothing cached: an index entry kept only for its aux would be
+		// memory and journal that neither culling (no bytes) nor free
+		// files (no backing file) ever reclaim — a crawl that only looks
+		// files up would grow the index without bound.
 		return c.removeObjectLocked(ck.k, ck.path)
 	}
 	return nil

@@ -44,7 +44,9 @@ const (
 	recClean   = 8 // a dirty range was committed on the server (+ verifier)
 )
 
-// objRecord is the journal's view of one backing object.
+// objRecord is the journal's view of one backing object, as returned by
+// lookup and dirtyObjects and taken by encObject. The index itself keeps
+// the more compact indexEntry.
 type objRecord struct {
 	volKey, key, aux []byte
 	size             int64
@@ -54,6 +56,70 @@ type objRecord struct {
 	lastUsed         uint64    // logical clock; smaller = less recently used
 }
 
+// indexEntry is one object in the in-memory index. The index holds every
+// object on disk, relinquished or not (culling and lookup need them), so
+// it is kept small: the volume key is interned (one string per volume),
+// cookie key and aux share one allocation, and the dirty state, which few
+// objects have, hangs off a pointer. See doc.go, "Memory".
+type indexEntry struct {
+	vol      string // interned in journal.vols
+	keyAux   []byte // cookie key then aux; replaced, never modified in place
+	keyLen   uint32
+	size     int64
+	lastUsed uint64 // logical clock; smaller = less recently used
+	extents  extentSet
+	extra    *entryDirty // nil: no dirty ranges, no verifier
+}
+
+type entryDirty struct {
+	dirty    extentSet // subset of extents not yet committed remotely
+	verifier []byte    // last server write verifier seen (ClearDirty)
+}
+
+func (e *indexEntry) key() []byte { return e.keyAux[:e.keyLen:e.keyLen] }
+func (e *indexEntry) aux() []byte { return e.keyAux[e.keyLen:len(e.keyAux):len(e.keyAux)] }
+
+func (e *indexEntry) dirty() extentSet {
+	if e.extra == nil {
+		return nil
+	}
+	return e.extra.dirty
+}
+
+// setDirty replaces the dirty ranges, dropping extra when it holds nothing.
+func (e *indexEntry) setDirty(d extentSet) {
+	switch {
+	case e.extra != nil:
+		e.extra.dirty = d
+		if len(d) == 0 && e.extra.verifier == nil {
+			e.extra = nil
+		}
+	case len(d) > 0:
+		e.extra = &entryDirty{dirty: d}
+	}
+}
+
+func joinKeyAux(key, aux []byte) []byte {
+	b := make([]byte, 0, len(key)+len(aux))
+	return append(append(b, key...), aux...)
+}
+
+// record returns a copy of the entry as an objRecord; extents are copied
+// only if copyExtents (callers outside j.mu must not share them).
+func (e *indexEntry) record(copyExtents bool) objRecord {
+	r := objRecord{
+		volKey: []byte(e.vol), key: bytes.Clone(e.key()), aux: bytes.Clone(e.aux()),
+		size: e.size, extents: e.extents, dirty: e.dirty(), lastUsed: e.lastUsed,
+	}
+	if e.extra != nil {
+		r.verifier = bytes.Clone(e.extra.verifier)
+	}
+	if copyExtents {
+		r.extents, r.dirty = r.extents.clone(), r.dirty.clone()
+	}
+	return r
+}
+
 // journal is guarded by mu, which is a leaf lock (see doc.go).
 type journal struct {
 	mu      sync.Mutex
@@ -61,8 +127,9 @@ type journal struct {
 	f       *os.File
 	size    int64 // bytes in the journal file
 	live    int64 // size of the journal right after the last compaction
-	objects map[objKey]*objRecord
-	used    int64 // sum of present bytes over all objects
+	objects map[objKey]*indexEntry
+	vols    map[string]string // interned volume keys of objects
+	used    int64             // sum of present bytes over all objects
 	clock   uint64
 	durable bool
 	broken  error // sticky: the file could not be restored after a failed append
@@ -79,7 +146,7 @@ type journal struct {
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 func openJournal(dir string, durable bool) (*journal, error) {
-	j := &journal{path: filepath.Join(dir, "index"), objects: make(map[objKey]*objRecord), durable: durable}
+	j := &journal{path: filepath.Join(dir, "index"), objects: make(map[objKey]*indexEntry), vols: make(map[string]string), durable: durable}
 	data, err := os.ReadFile(j.path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("fscache: read index: %w", err)
@@ -168,6 +235,17 @@ func (d *decoder) key() (k objKey) {
 	return
 }
 
+// intern returns the one string the index keeps for volume key vol.
+// Volumes are few; the map is never pruned.
+func (j *journal) intern(vol []byte) string {
+	if v, ok := j.vols[string(vol)]; ok {
+		return v
+	}
+	v := string(vol)
+	j.vols[v] = v
+	return v
+}
+
 // apply updates the in-memory index from one record payload.
 func (j *journal) apply(p []byte) error {
 	if len(p) < 1 {
@@ -185,7 +263,7 @@ func (j *journal) apply(p []byte) error {
 		if old := j.objects[k]; old != nil {
 			j.used -= old.extents.bytes()
 		}
-		j.objects[k] = &objRecord{volKey: vol, key: key, aux: aux, size: size, lastUsed: j.clock}
+		j.objects[k] = &indexEntry{vol: j.intern(vol), keyAux: joinKeyAux(key, aux), keyLen: uint32(len(key)), size: size, lastUsed: j.clock}
 	case recPresent:
 		off, n := d.varint(), d.varint()
 		o := j.objects[k]
@@ -205,7 +283,7 @@ func (j *journal) apply(p []byte) error {
 		}
 		before := o.extents.bytes()
 		o.extents = o.extents.truncate(size)
-		o.dirty = o.dirty.truncate(size)
+		o.setDirty(o.dirty().truncate(size))
 		j.used += o.extents.bytes() - before
 		o.size = size
 	case recAux:
@@ -217,10 +295,10 @@ func (j *journal) apply(p []byte) error {
 		if size < o.size {
 			before := o.extents.bytes()
 			o.extents = o.extents.truncate(size)
-			o.dirty = o.dirty.truncate(size)
+			o.setDirty(o.dirty().truncate(size))
 			j.used += o.extents.bytes() - before
 		}
-		o.aux, o.size = aux, size
+		o.keyAux, o.size = joinKeyAux(o.key(), aux), size
 	case recDiscard:
 		off, n := d.varint(), d.varint()
 		o := j.objects[k]
@@ -229,7 +307,7 @@ func (j *journal) apply(p []byte) error {
 		}
 		before := o.extents.bytes()
 		o.extents = o.extents.remove(off, off+n)
-		o.dirty = o.dirty.remove(off, off+n)
+		o.setDirty(o.dirty().remove(off, off+n))
 		j.used += o.extents.bytes() - before
 	case recDirty:
 		off, n := d.varint(), d.varint()
@@ -237,18 +315,21 @@ func (j *journal) apply(p []byte) error {
 		if d.err != nil || o == nil || off < 0 || n <= 0 {
 			return errors.Join(d.err, fmt.Errorf("fscache: bad dirty record for %v", k))
 		}
-		o.dirty = o.dirty.add(off, off+n)
+		o.setDirty(o.dirty().add(off, off+n))
 	case recClean:
 		off, n, ver := d.varint(), d.varint(), d.bytes()
 		o := j.objects[k]
 		if d.err != nil || o == nil {
 			return errors.Join(d.err, fmt.Errorf("fscache: bad clean record for %v", k))
 		}
-		if n > 0 {
-			o.dirty = o.dirty.remove(off, off+n)
-		}
 		if ver != nil {
-			o.verifier = ver
+			if o.extra == nil {
+				o.extra = &entryDirty{}
+			}
+			o.extra.verifier = ver
+		}
+		if n > 0 {
+			o.setDirty(o.dirty().remove(off, off+n))
 		}
 	case recDelete:
 		if d.err != nil {
@@ -271,14 +352,17 @@ func appendRecord(b []byte, payload []byte) []byte {
 }
 
 func encObject(k objKey, o *objRecord) []byte {
+	return encObjectFields(k, o.volKey, o.key, o.aux, o.size)
+}
+
+func encObjectFields(k objKey, volKey, key, aux []byte, size int64) []byte {
 	p := append([]byte{recObject}, k[:]...)
-	p = binary.AppendUvarint(p, uint64(len(o.volKey)))
-	p = append(p, o.volKey...)
-	p = binary.AppendUvarint(p, uint64(len(o.key)))
-	p = append(p, o.key...)
-	p = binary.AppendUvarint(p, uint64(len(o.aux)))
-	p = append(p, o.aux...)
-	return binary.AppendVarint(p, o.size)
+	p = binary.AppendUvarint(p, uint64(len(volKey)))
+	p = append(p, volKey...)
+	p = binary.AppendUvarint(p, uint64(len(key)))
+	p = append(p, key...)
+	p = binary.AppendUvarint(p, uint64(len(aux)))
+	return binary.AppendVarint(append(p, aux...), size)
 }
 
 func encPresent(k objKey, off, n int64) []byte {
@@ -382,10 +466,7 @@ func (j *journal) lookup(k objKey) (objRecord, bool) {
 	if o == nil {
 		return objRecord{}, false
 	}
-	c := *o
-	c.extents = o.extents.clone()
-	c.dirty = o.dirty.clone()
-	return c, true
+	return o.record(true), true
 }
 
 func (j *journal) usedBytes() int64 {
@@ -433,15 +514,15 @@ func (j *journal) compactLocked() error {
 	sort.Slice(keys, func(a, c int) bool { return j.objects[keys[a]].lastUsed < j.objects[keys[c]].lastUsed })
 	for _, k := range keys {
 		o := j.objects[k]
-		b = appendRecord(b, encObject(k, o))
+		b = appendRecord(b, encObjectFields(k, []byte(o.vol), o.key(), o.aux(), o.size))
 		for _, e := range o.extents {
 			b = appendRecord(b, encPresent(k, e.off, e.end-e.off))
 		}
-		for _, e := range o.dirty {
+		for _, e := range o.dirty() {
 			b = appendRecord(b, encDirty(k, e.off, e.end-e.off))
 		}
-		if o.verifier != nil {
-			b = appendRecord(b, encClean(k, 0, 0, o.verifier))
+		if o.extra != nil && o.extra.verifier != nil {
+			b = appendRecord(b, encClean(k, 0, 0, o.extra.verifier))
 		}
 		// The object record sets size from its fields; present records may
 		// only grow it, so the stored size is already exact.
@@ -508,13 +589,19 @@ func (j *journal) dirtyObjects(vol []byte) []objRecord {
 	defer j.mu.Unlock()
 	var out []objRecord
 	for _, o := range j.objects {
-		if len(o.dirty) > 0 && bytes.Equal(o.volKey, vol) {
-			c := *o
-			c.extents, c.dirty = o.extents.clone(), o.dirty.clone()
-			out = append(out, c)
+		if len(o.dirty()) > 0 && o.vol == string(vol) {
+			out = append(out, o.record(true))
 		}
 	}
 	return out
+}
+
+// holdsData reports whether object k has present or dirty ranges.
+func (j *journal) holdsData(k objKey) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	o := j.objects[k]
+	return o != nil && (len(o.extents) > 0 || len(o.dirty()) > 0)
 }
 
 // isDirty reports whether object k has dirty ranges.
@@ -522,7 +609,7 @@ func (j *journal) isDirty(k objKey) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	o := j.objects[k]
-	return o != nil && len(o.dirty) > 0
+	return o != nil && len(o.dirty()) > 0
 }
 
 func (j *journal) close() error {
