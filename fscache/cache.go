@@ -65,6 +65,12 @@ type Options struct {
 	PinPressure func()
 	// MaxBytes limits the bytes of present data in the cache; 0 = no limit.
 	MaxBytes int64
+	// MaxObjects bounds the objects in the cache index, which is held in
+	// memory (about 220 bytes per object, see doc.go "Memory"): when the
+	// unused share of it falls below FCull, unused objects are culled,
+	// least recently used first, until it is above FRun. It never stops
+	// writes. Default 1<<18 (about 58 MB of index); negative = no limit.
+	MaxObjects int
 	// Culling thresholds in percent, as cachefilesd's brun/bcull/bstop and
 	// frun/fcull/fstop: culling starts when free space (or free files) of
 	// the cache filesystem, or the unused share of MaxBytes, falls below
@@ -159,6 +165,9 @@ func Open(dir string, opts Options) (*Cache, error) {
 	def(&opts.FStop, 1)
 	if !(opts.BRun > opts.BCull && opts.BCull > opts.BStop && opts.FRun > opts.FCull && opts.FCull > opts.FStop && opts.BRun < 100 && opts.FRun < 100) {
 		return nil, fmt.Errorf("fscache: thresholds must satisfy 100 > run > cull > stop > 0")
+	}
+	if opts.MaxObjects == 0 {
+		opts.MaxObjects = 1 << 18
 	}
 	if opts.CullInterval == 0 {
 		opts.CullInterval = 5 * time.Second
@@ -377,6 +386,9 @@ func (v *Volume) AcquireCookie(key, aux []byte, size int64) (*Cookie, error) {
 		ck.aux, ck.size = bytes.Clone(aux), size
 		if err := c.journal.commit(encObject(k, &objRecord{volKey: v.key, key: ck.key, aux: ck.aux, size: size})); err != nil {
 			return nil, err
+		}
+		if !ok && c.freeObjects() < c.opts.FCull {
+			c.kickCull()
 		}
 	}
 	c.cookies[k] = ck

@@ -47,18 +47,34 @@ func (c *Cache) level() (st cullState, aboveRun bool, err error) {
 	if c.opts.MaxBytes > 0 {
 		fbud = 100 * float64(c.opts.MaxBytes-c.journal.usedBytes()) / float64(c.opts.MaxBytes)
 	}
+	fobj := c.freeObjects()
 	o := &c.opts
+	// The object budget bounds memory, not disk: it culls but never stops
+	// writes.
 	switch {
 	case fb < o.BStop || ff < o.FStop || fbud < o.BStop:
 		st = cullStop
-	case fb < o.BCull || ff < o.FCull || fbud < o.BCull:
+	case fb < o.BCull || ff < o.FCull || fbud < o.BCull || fobj < o.FCull:
 		st = cullRun
 	}
-	return st, fb >= o.BRun && ff >= o.FRun && fbud >= o.BRun, nil
+	return st, fb >= o.BRun && ff >= o.FRun && fbud >= o.BRun && fobj >= o.FRun, nil
 }
 
-// overBudget reports whether MaxBytes asks for culling (cheap: no statfs).
+// freeObjects is the unused share of MaxObjects in percent (100 without
+// a limit).
+func (c *Cache) freeObjects() float64 {
+	if c.opts.MaxObjects <= 0 {
+		return 100
+	}
+	return 100 * float64(c.opts.MaxObjects-c.journal.count()) / float64(c.opts.MaxObjects)
+}
+
+// overBudget reports whether MaxBytes or MaxObjects asks for culling
+// (cheap: no statfs).
 func (c *Cache) overBudget() bool {
+	if c.freeObjects() < c.opts.FCull {
+		return true
+	}
 	if c.opts.MaxBytes <= 0 {
 		return false
 	}
@@ -156,7 +172,9 @@ func (c *Cache) cullObject(k objKey) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ck.mu.Lock()
-	if ck.dead || ck.users > 0 || ck.pins > 0 || len(ck.extents) == 0 || len(ck.dirty) > 0 {
+	// pinPending: a pin is opening the file (its use is not counted yet);
+	// closing the fd under it would fail the pin.
+	if ck.dead || ck.users > 0 || ck.pins > 0 || ck.pinPending > 0 || len(ck.extents) == 0 || len(ck.dirty) > 0 {
 		ck.mu.Unlock()
 		return false, nil
 	}

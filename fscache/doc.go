@@ -110,8 +110,8 @@
 //
 // Culling deletes the data of objects no cookie is using, least recently
 // used first (never an in-use, pinned or dirty object), when free space or
-// free files of the cache filesystem, or the unused share of MaxBytes,
-// fall below the Cull percentage, until all are above Run. Below Stop, and
+// free files of the cache filesystem, or the unused share of MaxBytes or
+// MaxObjects, fall below the Cull percentage, until all are above Run. Below Stop, and
 // whenever a backing write fails (ENOSPC), the cache steps aside: WriteAt
 // returns ErrCacheUnavailable, records nothing, and the caller goes to the
 // server. Culling never touches an object holding dirty ranges.
@@ -159,17 +159,23 @@
 // A relinquished cookie itself is freed (cookie table, fd, locks), but
 // its object's entry stays as long as the object holds data — so the
 // index grows with the number of cached objects, and what bounds it is
-// culling: Options.MaxBytes, or free space and free files of the cache
-// filesystem (BCull/FCull). An object relinquished with nothing cached
+// culling: Options.MaxObjects (default 1<<18), and also MaxBytes and the
+// free space and free files of the cache filesystem. MaxObjects is a
+// budget like MaxBytes, with the F thresholds: below FCull percent of it
+// unused (checked by each acquire of a new object, which kicks the
+// culler, and by every cull pass) unused objects are culled least
+// recently used first until FRun percent is unused; it never stops
+// writes. Only an object whose cookie is live can keep it above the
+// budget (its entry stays, its data goes). An object relinquished with nothing cached
 // (acquired for a lookup, never read) leaves no entry. Measured by
 // BenchmarkMemoryPerObject (10 000 objects of 4 KiB, 36-byte key,
 // 24-byte aux, cookies relinquished, heap after GC): about 220 bytes per
 // object, the same after a reopen (before the compact indexEntry: 308).
 // Of that, ~40 B is the map slot, 96 B the entry, 64 B key+aux (one
 // allocation) and 16 B the one present range; the volume key is interned.
-// A crawl over a million files that keeps a block of each therefore holds
-// ~220 MB unless MaxBytes (or the disk) culls it: set MaxBytes when the
-// proxy is long-running. A range map of many extents costs 16 B per
+// A crawl over a million files that keeps a block of each would hold
+// ~220 MB without MaxObjects; the default bounds the index at about
+// 58 MB. A range map of many extents costs 16 B per
 // extent; dirty ranges and the write verifier are allocated only for
 // objects that have them. The journal file is compacted to one record per
 // object and range, so it is bounded by the same object count.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"testing"
+	"time"
 )
 
 // fillRelinquished acquires n cookies with realistic key sizes (a 36-byte
@@ -139,5 +140,64 @@ func TestRelinquishedIndex(t *testing.T) {
 	// Run = 40% of the budget free: at most 12 objects of 4 KiB remain.
 	if st := c.Stats(); st.Objects > 12 || st.Objects == 0 {
 		t.Fatalf("after culling: Objects = %d, UsedBytes = %d, want 1..12 objects", st.Objects, st.UsedBytes)
+	}
+}
+
+// TestCullByMaxObjects: the object budget bounds the in-memory index. With
+// MaxObjects 20, 40 relinquished objects are culled, least recently used
+// first, down to the FRun share (7% free: at most 18 objects); an object
+// in use survives; writes never stop for it.
+func TestCullByMaxObjects(t *testing.T) {
+	opts := testOptions()
+	opts.MaxObjects = 20
+	c := openTest(t, t.TempDir(), opts)
+	v := mustVolume(t, c, "server:/export")
+	live := mustCookie(t, v, "live", "aux", 0)
+	live.Use(true)
+	if _, err := live.WriteAt(pattern(1, 0, 4<<10), 0); err != nil {
+		t.Fatal(err)
+	}
+	fillRelinquished(t, v, 40)
+	if n, err := c.Cull(); err != nil || n == 0 {
+		t.Fatalf("Cull = %d, %v", n, err)
+	}
+	st := c.Stats()
+	if st.Objects > 18 || st.Objects < 10 {
+		t.Fatalf("after culling: Objects = %d, want 10..18", st.Objects)
+	}
+	if err := checkRead(live, 0, pattern(1, 0, 4<<10)); err != nil {
+		t.Fatalf("in-use object culled: %v", err)
+	}
+	// The most recently used objects are the ones kept.
+	last := mustCookie(t, v, fmt.Sprintf("fh-%032d", 39), fmt.Sprintf("aux-%020d", 39), 4<<10)
+	last.Use(false)
+	if err := checkRead(last, 0, pattern(7, 0, 4<<10)); err != nil {
+		t.Fatalf("most recent object culled: %v", err)
+	}
+	first := mustCookie(t, v, fmt.Sprintf("fh-%032d", 0), fmt.Sprintf("aux-%020d", 0), 4<<10)
+	first.Use(true)
+	if _, err := first.ReadAt(make([]byte, 1), 0); !isNotCached(err) {
+		t.Fatalf("least recent object not culled: %v", err)
+	}
+	if _, err := first.WriteAt(pattern(7, 0, 4<<10), 0); err != nil {
+		t.Fatalf("write refused under the object budget: %v", err)
+	}
+}
+
+// TestMaxObjectsKicksCuller: acquiring new objects beyond the budget wakes
+// the background culler (its interval here is an hour, so only the kick
+// can have run it), which brings the index back under MaxObjects.
+func TestMaxObjectsKicksCuller(t *testing.T) {
+	opts := testOptions()
+	opts.MaxObjects = 20
+	opts.CullInterval = time.Hour
+	c := openTest(t, t.TempDir(), opts)
+	fillRelinquished(t, mustVolume(t, c, "server:/export"), 40)
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().Objects > 19 {
+		if time.Now().After(deadline) {
+			t.Fatalf("Objects = %d: the culler was not kicked", c.Stats().Objects)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
