@@ -175,7 +175,9 @@
 // allocation) and 16 B the one present range; the volume key is interned.
 // A crawl over a million files that keeps a block of each would hold
 // ~220 MB without MaxObjects; the default bounds the index at about
-// 58 MB. A range map of many extents costs 16 B per
+// 58 MB. With MaxObjects 2000 the same 10 000-object run keeps 1 878
+// objects and 45 bytes per object created (the benchmark's second case).
+// A range map of many extents costs 16 B per
 // extent; dirty ranges and the write verifier are allocated only for
 // objects that have them. The journal file is compacted to one record per
 // object and range, so it is bounded by the same object count.

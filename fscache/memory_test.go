@@ -48,39 +48,54 @@ func heapInUse() uint64 {
 // object after its cookie was relinquished (data kept): N cookies each get
 // one 4 KiB block and are relinquished, and the heap growth after GC is
 // divided by N. The baseline is the heap of the same open cache before the
-// objects were created. It also reports the figure after a reopen (the
-// index replayed from disk). Run with -benchtime=1x.
+// objects were created. "no-limit" (MaxObjects < 0) is the index's cost
+// per object, also after a reopen (the index replayed from disk);
+// "MaxObjects=2000" shows the budget bounding it (the culler is kicked by
+// acquires over budget; one Cull settles it before the measurement). Run
+// with -benchtime=1x.
 func BenchmarkMemoryPerObject(b *testing.B) {
 	const n = 10000
-	for range b.N {
-		dir := b.TempDir()
-		c, err := Open(dir, testOptions())
-		if err != nil {
-			b.Fatal(err)
-		}
-		v := mustVolume(b, c, "server:/export")
-		before := heapInUse()
-		fillRelinquished(b, v, n)
-		after := heapInUse()
-		if got := c.Stats().Objects; got != n {
-			b.Fatalf("Objects = %d, want %d", got, n)
-		}
-		if got := c.Stats().Cookies; got != 0 {
-			b.Fatalf("live cookies = %d, want 0", got)
-		}
-		b.ReportMetric(float64(int64(after)-int64(before))/n, "B/object")
-		if err := c.Close(); err != nil {
-			b.Fatal(err)
-		}
-		base := heapInUse()
-		c, err = Open(dir, testOptions())
-		if err != nil {
-			b.Fatal(err)
-		}
-		reopened := heapInUse()
-		b.ReportMetric(float64(int64(reopened)-int64(base))/n, "B/object-reopened")
-		runtime.KeepAlive(c)
-		c.Close()
+	for _, bc := range []struct {
+		name       string
+		maxObjects int
+	}{{"no-limit", -1}, {"MaxObjects=2000", 2000}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for range b.N {
+				dir := b.TempDir()
+				opts := testOptions()
+				opts.MaxObjects = bc.maxObjects
+				opts.CullInterval = time.Hour // only kicks run the culler
+				c, err := Open(dir, opts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				v := mustVolume(b, c, "server:/export")
+				before := heapInUse()
+				fillRelinquished(b, v, n)
+				if _, err := c.Cull(); err != nil {
+					b.Fatal(err)
+				}
+				after := heapInUse()
+				st := c.Stats()
+				if st.Cookies != 0 || bc.maxObjects < 0 && st.Objects != n || bc.maxObjects > 0 && st.Objects > int64(bc.maxObjects) {
+					b.Fatalf("Objects = %d, live cookies = %d", st.Objects, st.Cookies)
+				}
+				b.ReportMetric(float64(int64(after)-int64(before))/n, "B/object")
+				b.ReportMetric(float64(st.Objects), "objects")
+				if err := c.Close(); err != nil {
+					b.Fatal(err)
+				}
+				base := heapInUse()
+				c, err = Open(dir, opts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				reopened := heapInUse()
+				b.ReportMetric(float64(int64(reopened)-int64(base))/n, "B/object-reopened")
+				runtime.KeepAlive(c)
+				c.Close()
+			}
+		})
 	}
 }
 
