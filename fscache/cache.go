@@ -70,6 +70,9 @@ type Options struct {
 	// unused share of it falls below FCull, unused objects are culled,
 	// least recently used first, until it is above FRun. It never stops
 	// writes. Default 1<<18 (about 58 MB of index); negative = no limit.
+	// Keep it well above the live cookies (a filesystem's inode bound):
+	// live cookies' entries cannot be culled, and while they alone exceed
+	// the budget every new object starts a futile cull pass.
 	MaxObjects int
 	// Culling thresholds in percent, as cachefilesd's brun/bcull/bstop and
 	// frun/fcull/fstop: culling starts when free space (or free files) of
