@@ -54,6 +54,7 @@ type state struct {
 	// Options.MaxCachedInodes (metacache.go): evicting a handle's
 	// attributes drops its listing and link target with them.
 	dentries     *simplelru.LRU[string, dentry]    // dir handle + "/" + name → child (nil: negative)
+	dentrySeq    uint64                            // bumped by every putChild and dropChild (putNegative)
 	attrs        *simplelru.LRU[string, attrEntry] // handle → attributes
 	listings     *simplelru.LRU[string, listing]   // dir handle → last READDIRPLUS
 	listingNames int                               // names held by listings, ≤ MaxCachedInodes
@@ -181,6 +182,7 @@ func New(ctx context.Context, opts Options) (*FS, error) {
 		s.flusher = writeback.New(wbFilesystem{s}, writeback.Options{
 			DirtyExpire:     opts.DirtyExpire,
 			DirtyLimitBytes: opts.DirtyLimitBytes,
+			BackgroundBytes: opts.DirtyBackgroundBytes,
 			MaxPinnedInodes: maxPinned,
 			Logger:          opts.Logger,
 		})
@@ -373,13 +375,40 @@ func (s *state) putChild(dir client.Handle, name string, fh client.Handle) {
 		return
 	}
 	s.mu.Lock()
+	s.dentrySeq++
 	s.dentries.Add(dkey(dir, name), dentry{fh: fh, at: time.Now()})
 	s.mu.Unlock()
 }
 
 func (s *state) dropChild(dir client.Handle, name string) {
 	s.mu.Lock()
+	s.dentrySeq++
 	s.dentries.Remove(dkey(dir, name))
+	s.mu.Unlock()
+}
+
+// nameSeq samples the directory-entry sequence before a LOOKUP whose
+// ENOENT may be cached (putNegative).
+func (s *state) nameSeq() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dentrySeq
+}
+
+// putNegative caches "dir/name does not exist" from a LOOKUP sent after
+// seq was sampled, unless an entry changed meanwhile: a concurrent create
+// here (MkdirAll of a shared parent) may have made the name exist after
+// the server answered, and a late negative entry would hide it for
+// AttrTimeout.
+func (s *state) putNegative(dir client.Handle, name string, seq uint64) {
+	if !s.keep() {
+		return
+	}
+	s.mu.Lock()
+	if s.dentrySeq == seq {
+		s.dentrySeq++
+		s.dentries.Add(dkey(dir, name), dentry{at: time.Now()})
+	}
 	s.mu.Unlock()
 }
 

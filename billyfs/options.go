@@ -43,6 +43,13 @@ type Options struct {
 	// DirtyLimitBytes bounds dirty data held in the cache before writers
 	// are throttled (balance_dirty_pages); default 64 MiB.
 	DirtyLimitBytes int64
+	// DirtyBackgroundBytes is the dirty data above which background
+	// writeback starts without waiting for DirtyExpire
+	// (dirty_background_bytes); default 4 MiB, at most DirtyLimitBytes/2.
+	// Starting early overlaps the upstream WRITEs with a client's upload,
+	// so less is left to write back when it COMMITs
+	// (BenchmarkProxyWrite).
+	DirtyBackgroundBytes int64
 	// MaxInodes is how many inodes of files (with their cache cookies and
 	// possibly their backing fds in the fscache LRU) stay in memory beyond
 	// those open, dirty or pinned for writeback; default 1024, at most
@@ -110,6 +117,10 @@ func (o Options) withDefaults() Options {
 	if o.DirtyLimitBytes <= 0 {
 		o.DirtyLimitBytes = 64 << 20
 	}
+	if o.DirtyBackgroundBytes <= 0 {
+		o.DirtyBackgroundBytes = 4 << 20
+	}
+	o.DirtyBackgroundBytes = max(min(o.DirtyBackgroundBytes, o.DirtyLimitBytes/2), 1)
 	if o.MaxCachedInodes <= 0 {
 		o.MaxCachedInodes = 100_000
 	}

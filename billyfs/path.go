@@ -156,9 +156,10 @@ func (s *state) lookup(ctx context.Context, dir client.Handle, name string) (nod
 	}
 	var out node
 	err := s.revalidate(ctx, func(ctx context.Context) error {
+		seq := s.nameSeq()
 		r, err := s.clnt.Lookup(ctx, dir, name)
 		if errors.Is(err, syscall.ENOENT) && s.opts.AttrTimeout >= 0 {
-			s.putChild(dir, name, nil) // negative entry
+			s.putNegative(dir, name, seq)
 		}
 		if err != nil {
 			return err
