@@ -100,6 +100,9 @@ type Options struct {
 	// statfs is a fault-injection hook for tests: free block and file
 	// fractions of the cache filesystem.
 	statfs func(dir string) (freeBlocks, freeFiles float64, err error)
+	// beforeFdatasync is a test hook: SyncDirty calls it (no lock but
+	// Cookie.io held shared) just before each backing-file fdatasync.
+	beforeFdatasync func(key []byte)
 	// pwrite is a fault-injection hook for tests.
 	pwrite func(f *os.File, p []byte, off int64) (int, error)
 }
@@ -136,6 +139,7 @@ type Cache struct {
 	done          chan struct{}
 	wg            sync.WaitGroup
 	cullMu        sync.Mutex // one cull pass at a time
+	syncMu        sync.Mutex // one SyncDirty at a time; outermost
 
 	st counters
 }
@@ -257,10 +261,13 @@ func (c *Cache) Close() error {
 	c.slotFree.Broadcast()
 	c.mu.Unlock()
 	c.wg.Wait()
+	// A SyncDirty called by a user may still be fdatasyncing one of files.
+	c.syncMu.Lock()
 	var err error
 	for _, f := range files {
 		err = errors.Join(err, f.Close())
 	}
+	c.syncMu.Unlock()
 	err = errors.Join(err, syncErr, c.journal.close(), c.lockFile.Close())
 	return err
 }

@@ -151,6 +151,13 @@ func (ck *Cookie) ClearDirty(off, n int64, verifier []byte) error {
 	if len(ck.dirty) == 0 {
 		// Nothing dirty: no range marked so far can need protecting.
 		ck.marks = ck.marks[:0]
+		// Nor does the file need an fdatasync: every byte is stable on
+		// the server, and no dirty record can be durable in the index
+		// without its data (a journal fsync happens only in SyncDirty,
+		// which fdatasyncs every cookie still flagged; the clean record
+		// appended here becomes durable with the next one), so recovery
+		// never replays unsynced local bytes.
+		ck.dirtyUnsynced = false
 	}
 	return nil
 }
@@ -169,7 +176,16 @@ func (ck *Cookie) Dirty() []Range {
 // dirtied since the last call has its backing file fdatasync'd (opened
 // again if its fd was evicted), then the index is fsync'd. A filesystem
 // calls it from fsync/Sync and Close before reporting success.
+//
+// Concurrent calls are serialized (Cache.syncMu): a call that finds
+// nothing left to sync may only return once an earlier call that took the
+// work has finished its fdatasyncs, otherwise it would report durability
+// too early. Each fdatasync runs with the cookie's io lock held shared, so
+// Relinquish and culling (which take it exclusive) cannot close the fd
+// under it.
 func (c *Cache) SyncDirty() error {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	if !c.dirtyUnsynced.Swap(false) {
 		return nil
 	}
@@ -186,11 +202,7 @@ func (c *Cache) SyncDirty() error {
 	c.mu.Unlock()
 	var errs []error
 	for _, ck := range cks {
-		f, err := ck.getFile()
-		if err == nil {
-			err = syscall.Fdatasync(int(f.Fd()))
-			ck.putFile()
-		}
+		err := ck.syncFile()
 		if err != nil && !errors.Is(err, ErrRelinquished) {
 			errs = append(errs, fmt.Errorf("fscache: sync dirty data: %w", err))
 			ck.mu.Lock()
@@ -205,6 +217,28 @@ func (c *Cache) SyncDirty() error {
 	}
 	c.st.dirtySyncs.Add(1)
 	return errors.Join(errs...)
+}
+
+// syncFile fdatasyncs ck's backing file with ck.io held shared, so that
+// no Relinquish or cull closes the fd while it is in use.
+func (ck *Cookie) syncFile() error {
+	ck.io.RLock()
+	defer ck.io.RUnlock()
+	ck.mu.Lock()
+	dead := ck.dead
+	ck.mu.Unlock()
+	if dead {
+		return ErrRelinquished
+	}
+	f, err := ck.getFile()
+	if err != nil {
+		return err
+	}
+	defer ck.putFile()
+	if h := ck.cache.opts.beforeFdatasync; h != nil {
+		h(ck.key)
+	}
+	return syscall.Fdatasync(int(f.Fd()))
 }
 
 // dirtySyncer runs SyncDirty every Options.DirtySyncInterval.

@@ -187,7 +187,8 @@
 // Cache, Volume and Cookie are safe for concurrent use. Lock order,
 // outermost first:
 //
-//	Cookie.io (RW: shared by data I/O, exclusive by Invalidate, Resize,
+//	Cache.syncMu (one SyncDirty at a time)
+//	→ Cookie.io (RW: shared by data I/O, exclusive by Invalidate, Resize,
 //	           Relinquish and culling)
 //	→ Cache.mu (cookie map, fd LRU, open-file and pinned counts)
 //	→ Cookie.mu (users, pins, fd, extents, dirty ranges, aux, size)
