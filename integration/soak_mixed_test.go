@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -254,75 +253,10 @@ func (w *soakWorker) runOurs(ctx context.Context, addr string, deadline time.Tim
 	return nil
 }
 
+// runTheirs is runTheirsIn on the export root, shared with every other
+// worker (so its listings are not compared with its model).
 func (w *soakWorker) runTheirs(addr string, deadline time.Time) error {
-	v, rc, err := mountTheirs(addr)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	r := rand.New(rand.NewPCG(uint64(w.id), 2))
-	for n := 0; time.Now().Before(deadline); n++ {
-		w.ops++
-		name := fmt.Sprintf("w%02d-%d", w.id, r.IntN(6))
-		_, exists := w.model[name]
-		switch op := r.IntN(6); {
-		case op <= 1: // whole-file rewrite (go-nfs-client truncates on open)
-			data := relData(uint64(w.id)<<32|uint64(n), r.IntN(100<<10)+1)
-			f, err := v.OpenFile("/"+name, 0o644)
-			if err != nil {
-				return fmt.Errorf("open %s: %w", name, err)
-			}
-			if _, err := f.Write(data); err != nil {
-				f.Close()
-				return fmt.Errorf("write %s: %w", name, err)
-			}
-			if err := f.Close(); err != nil {
-				return fmt.Errorf("close %s: %w", name, err)
-			}
-			old := w.model[name]
-			nb := append([]byte(nil), data...)
-			if len(old) > len(nb) { // OpenFile does not truncate
-				nb = append(nb, old[len(nb):]...)
-			}
-			w.model[name] = nb
-		case op == 2 && exists:
-			f, err := v.Open("/" + name)
-			if err != nil {
-				return fmt.Errorf("open %s: %w", name, err)
-			}
-			got := make([]byte, len(w.model[name]))
-			n, err := f.ReadAt(got, 0)
-			f.Close()
-			if err != nil && !(errors.Is(err, io.EOF) && n == len(got)) {
-				return fmt.Errorf("read %s: %w", name, err)
-			}
-			if !bytes.Equal(got, w.model[name]) {
-				return fmt.Errorf("read %s: content differs from the model", name)
-			}
-		case op == 3 && exists:
-			to := fmt.Sprintf("w%02d-%d", w.id, r.IntN(6))
-			if to == name {
-				continue
-			}
-			if err := v.Rename("/"+name, "/"+to); err != nil {
-				return fmt.Errorf("rename %s %s: %w", name, to, err)
-			}
-			w.model[to] = w.model[name]
-			delete(w.model, name)
-		case op == 4 && exists:
-			if err := v.Remove("/" + name); err != nil {
-				return fmt.Errorf("remove %s: %w", name, err)
-			}
-			delete(w.model, name)
-		default:
-			if _, err := v.ReadDirPlus("/"); err != nil && strings.Contains(err.Error(), "NOTDIR") {
-				w.readdirNotDir++
-			} else if err != nil {
-				return fmt.Errorf("readdir: %w", err)
-			}
-		}
-	}
-	return nil
+	return w.runTheirsIn(addr, deadline, "")
 }
 
 func must1[T any](v T, err error) T {

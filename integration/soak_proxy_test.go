@@ -361,28 +361,37 @@ func soakSameSet(a, b []string) bool {
 // dir is a go-nfs-client worker's own directory.
 func (w *soakWorker) dir() string { return fmt.Sprintf("d%02d", w.id) }
 
-// runTheirsInDir is runTheirs (go-nfs-client: whole-file rewrites,
-// verified reads, renames, removes, READDIRPLUS) inside the worker's own
-// directory. go-nfs-client's ReadDirPlus re-reads a directory until its
+// runTheirsInDir is runTheirsIn the worker's own directory.
+func (w *soakWorker) runTheirsInDir(addr string, deadline time.Time) error {
+	return w.runTheirsIn(addr, deadline, w.dir())
+}
+
+// runTheirsIn runs go-nfs-client operations (rewrites from offset 0,
+// verified reads, renames, removes, READDIRPLUS) on names in dir ("" = the
+// export root) until deadline. In a directory of its own the worker also
+// checks every listing against its model. go-nfs-client's ReadDirPlus re-reads a directory until its
 // mtime from GETATTR equals the one READDIRPLUS returned
 // ((*Target).checkCachedDir), so on a root that 31 other clients keep
 // changing it spins until they stop: runTheirs's workers spend most of a
 // soak inside one READDIRPLUS. In its own directory the worker's listing
 // settles and it does its share of operations.
-func (w *soakWorker) runTheirsInDir(addr string, deadline time.Time) error {
+func (w *soakWorker) runTheirsIn(addr string, deadline time.Time, dir string) error {
 	v, rc, err := mountTheirs(addr)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	dir := w.dir()
-	if _, err := v.Mkdir("/"+dir, 0o755); err != nil {
-		return fmt.Errorf("mkdir %s: %w", dir, err)
+	prefix, seed := "", uint64(2)
+	if dir != "" {
+		if _, err := v.Mkdir("/"+dir, 0o755); err != nil {
+			return fmt.Errorf("mkdir %s: %w", dir, err)
+		}
+		prefix, seed = dir+"/", 3
 	}
-	r := rand.New(rand.NewPCG(uint64(w.id), 3))
+	r := rand.New(rand.NewPCG(uint64(w.id), seed))
 	for n := 0; time.Now().Before(deadline); n++ {
 		w.ops++
-		name := fmt.Sprintf("%s/w%02d-%d", dir, w.id, r.IntN(6))
+		name := fmt.Sprintf("%sw%02d-%d", prefix, w.id, r.IntN(6))
 		_, exists := w.model[name]
 		switch op := r.IntN(6); {
 		case op <= 1: // rewrite from offset 0 (OpenFile does not truncate)
@@ -418,7 +427,7 @@ func (w *soakWorker) runTheirsInDir(addr string, deadline time.Time) error {
 				return fmt.Errorf("read %s: content differs from the model", name)
 			}
 		case op == 3 && exists:
-			to := fmt.Sprintf("%s/w%02d-%d", dir, w.id, r.IntN(6))
+			to := fmt.Sprintf("%sw%02d-%d", prefix, w.id, r.IntN(6))
 			if to == name {
 				continue
 			}
@@ -438,11 +447,14 @@ func (w *soakWorker) runTheirsInDir(addr string, deadline time.Time) error {
 				w.readdirNotDir++
 				continue
 			} else if err != nil {
-				return fmt.Errorf("readdir %s: %w", dir, err)
+				return fmt.Errorf("readdir %q: %w", dir, err)
+			}
+			if dir == "" {
+				continue // the root is shared: other workers' names are there too
 			}
 			var names []string
 			for _, e := range ents {
-				names = append(names, dir+"/"+e.FileName)
+				names = append(names, prefix+e.FileName)
 			}
 			if !soakSameSet(names, soakModelNames(w.model)) {
 				return fmt.Errorf("readdir %s: lists %v, model %v", dir, names, soakModelNames(w.model))
